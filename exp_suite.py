@@ -62,7 +62,7 @@ MODEL_SETTINGS: MappingProxyType = MappingProxyType({
             "num_attention_heads": 4,
             "num_key_value_heads": 2,
             "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
-            "tie_word_embeddings": True,
+            "tie_word_embeddings": False,
         },
         {**_VISION_REAL, "depth": 2, "embed_dim": 32, "num_heads": 2},
     ),

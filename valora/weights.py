@@ -98,6 +98,13 @@ def checkpoint_targets(model: nn.Module) -> dict[str, _Target]:
     return targets
 
 
+def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's weights under original checkpoint names (views, stacked params unstacked)."""
+    return {
+        name: t.param[t.start : t.stop] for name, t in checkpoint_targets(model).items()
+    }
+
+
 def checkpoint_files(path: str | Path) -> list[Path]:
     path = Path(path)
     index = path / "model.safetensors.index.json"
