@@ -105,6 +105,16 @@ def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
+def load_checkpoint_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors named as in a checkpoint (e.g. from ``checkpoint_tensors``) into ``model``."""
+    targets = checkpoint_targets(model)
+    if set(tensors) != set(targets):
+        raise ValueError(f"tensor names differ: {sorted(set(tensors) ^ set(targets))[:10]}")
+    for name, tensor in tensors.items():
+        target = targets[name]
+        target.param[target.start : target.stop].copy_(tensor)
+
+
 def checkpoint_files(path: str | Path) -> list[Path]:
     path = Path(path)
     index = path / "model.safetensors.index.json"

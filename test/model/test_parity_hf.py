@@ -30,18 +30,20 @@ def build_prompt(tokenizer: Tokenizer, name: str, image_token_id: int):
 
 
 def hf_logits(hf_model, ids: list[int], images) -> torch.Tensor:
-    input_ids = torch.tensor([ids])
+    device = hf_model.device
+    input_ids = torch.tensor([ids], device=device)
     kwargs = {}
     if images:
-        kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images])
-        kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
+        kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images]).to(device)
+        kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images], device=device)
         kwargs["mm_token_type_ids"] = (input_ids == hf_model.config.image_token_id).int()
     with torch.no_grad():
         return hf_model(input_ids=input_ids, **kwargs).logits[0].float()
 
 
 def our_logits(model, tokenizer, names: list[str]) -> list[torch.Tensor]:
-    """Every prompt in one flattened batch, the way the engine feeds the model."""
+    """Every prompt in one flattened batch, the way the engine feeds the model -> fp32 logits
+    per prompt."""
     cfg = model.cfg
     all_ids, all_positions, all_images, lens = [], [], [], []
     for name in names:
@@ -59,8 +61,8 @@ def our_logits(model, tokenizer, names: list[str]) -> list[torch.Tensor]:
         image_embeds = model.encode_images(pixels, [im.grid_thw for im in all_images])
     with torch.no_grad():
         hidden = model(
-            torch.tensor(all_ids),
-            torch.cat(all_positions, dim=1),
+            torch.tensor(all_ids, device=model.device),
+            torch.cat(all_positions, dim=1).to(model.device),
             AttentionMetadata.for_lengths(lens),
             image_embeds,
         )
