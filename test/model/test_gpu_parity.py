@@ -1,6 +1,6 @@
 """GPU parity at the real Qwen2-VL-2B / -7B dimensions (dummy weights shared with transformers).
 
-fp32: our logits match transformers' within 1e-3 relative. bf16: our error against the fp32
+fp32: our logits match transformers' within 1e-4 relative. bf16: our error against the fp32
 reference is no larger than transformers' own bf16 error (plus a small margin).
 """
 
@@ -22,6 +22,16 @@ from valora.weights import build_model, checkpoint_tensors, load_checkpoint_tens
 
 pytestmark = pytest.mark.gpu
 NAMES = list(CONVERSATIONS)
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32_convolutions():
+    """transformers runs the patch embedding as a Conv3d, which cuDNN computes in TF32 by
+    default; the fp32 reference must be full fp32."""
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = previous
 
 
 @contextlib.contextmanager
@@ -77,7 +87,7 @@ def test_real_dimensions_match_transformers_on_gpu(setting):
     for name, ours32, ours16, hf32, hf16 in zip(
         NAMES, ours_fp32_logits, ours_bf16_logits, ref_fp32, ref_bf16
     ):
-        assert relative_error(ours32, hf32) <= 1e-3, name
+        assert relative_error(ours32, hf32) <= 1e-4, name
         our_err, hf_err = relative_error(ours16, hf32), relative_error(hf16, hf32)
         print(f"{setting} {name}: fp32 {relative_error(ours32, hf32):.2e}; "
               f"bf16 vs fp32 reference: ours {our_err:.2e}, transformers {hf_err:.2e}")

@@ -58,12 +58,34 @@ def hf_process(image: Image.Image, **size):
     ids=["tiny", "odd", "large", "wide", "gray", "rgba"],
 )
 def test_pixels_and_grid_equal_transformers(image):
+    if image.mode == "RGBA" and not transformers_composites_alpha():
+        pytest.skip("this transformers drops alpha instead of compositing it on white")
     ours = process_image(image)
     ref_pixels, ref_grid = hf_process(image)
     assert ours.grid_thw == ref_grid
     assert ours.pixel_values.dtype == torch.float32
     assert torch.equal(ours.pixel_values, ref_pixels)
     assert ours.num_tokens == ref_pixels.shape[0] // 4
+
+
+def transformers_composites_alpha() -> bool:
+    """Recent transformers composite transparency on white, as qwen-vl-utils does; older
+    releases dropped the alpha channel (a clear pixel then reads as black)."""
+    pixels, _ = hf_process(Image.new("RGBA", (56, 56), (0, 0, 0, 0)))
+    return bool(pixels.min() > 1.5)  # white after CLIP normalisation is about 1.9-2.1
+
+
+def test_transparency_is_composited_on_white():
+    rgba = np.zeros((56, 56, 4), dtype=np.uint8)
+    rgba[:, :28] = (255, 0, 0, 255)  # opaque red left half, transparent right half
+    pixels = process_image(Image.fromarray(rgba, mode="RGBA")).pixel_values
+    # patch order: merge window (0, 0) starts at the left edge, window (0, 1) at x = 28
+    channel_mean = pixels.view(-1, 3, 2 * 14 * 14).mean(-1)
+    white = (1 - torch.tensor([0.48145466, 0.4578275, 0.40821073])) / torch.tensor(
+        [0.26862954, 0.26130258, 0.27577711]
+    )
+    assert torch.allclose(channel_mean[4], white, atol=1e-5)  # first patch of the right window
+    assert channel_mean[0, 0] > 1.5 and channel_mean[0, 1] < 0  # red
 
 
 def test_custom_pixel_bounds_equal_transformers():
