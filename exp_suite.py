@@ -51,48 +51,50 @@ def _setting(text: dict, vision: dict) -> MappingProxyType:
     return MappingProxyType(cfg)
 
 
-MODEL_SETTINGS: MappingProxyType = MappingProxyType({
-    # CPU-sized, real vocabulary so the real tokenizer's ids are all valid.
-    "tiny": _setting(
-        {
-            "vocab_size": 151936,
-            "hidden_size": 64,
-            "intermediate_size": 128,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "num_key_value_heads": 2,
-            "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
-            "tie_word_embeddings": False,
-        },
-        {**_VISION_REAL, "depth": 2, "embed_dim": 32, "num_heads": 2},
-    ),
-    "qwen2-vl-2b": _setting(
-        {
-            "vocab_size": 151936,
-            "hidden_size": 1536,
-            "intermediate_size": 8960,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 12,
-            "num_key_value_heads": 2,
-            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-            "tie_word_embeddings": True,
-        },
-        _VISION_REAL,
-    ),
-    "qwen2-vl-7b": _setting(
-        {
-            "vocab_size": 152064,
-            "hidden_size": 3584,
-            "intermediate_size": 18944,
-            "num_hidden_layers": 28,
-            "num_attention_heads": 28,
-            "num_key_value_heads": 4,
-            "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
-            "tie_word_embeddings": False,
-        },
-        _VISION_REAL,
-    ),
-})
+MODEL_SETTINGS: MappingProxyType = MappingProxyType(
+    {
+        # CPU-sized, real vocabulary so the real tokenizer's ids are all valid.
+        "tiny": _setting(
+            {
+                "vocab_size": 151936,
+                "hidden_size": 64,
+                "intermediate_size": 128,
+                "num_hidden_layers": 2,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 2,
+                "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]},
+                "tie_word_embeddings": False,
+            },
+            {**_VISION_REAL, "depth": 2, "embed_dim": 32, "num_heads": 2},
+        ),
+        "qwen2-vl-2b": _setting(
+            {
+                "vocab_size": 151936,
+                "hidden_size": 1536,
+                "intermediate_size": 8960,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 12,
+                "num_key_value_heads": 2,
+                "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+                "tie_word_embeddings": True,
+            },
+            _VISION_REAL,
+        ),
+        "qwen2-vl-7b": _setting(
+            {
+                "vocab_size": 152064,
+                "hidden_size": 3584,
+                "intermediate_size": 18944,
+                "num_hidden_layers": 28,
+                "num_attention_heads": 28,
+                "num_key_value_heads": 4,
+                "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]},
+                "tie_word_embeddings": False,
+            },
+            _VISION_REAL,
+        ),
+    }
+)
 
 # Where real checkpoints live when a user has them on disk (setting -> path); empty by default:
 # the named settings then run on dummy weights.

@@ -121,7 +121,9 @@ class ModelConfig:
             mrope_section=tuple(int(s) for s in rope.get("mrope_section", (16, 24, 24))),
             max_position_embeddings=int(text["max_position_embeddings"]),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", text["tie_word_embeddings"])),
-            vision=VisionConfig.from_hf_dict(d.get("vision_config") or {}, int(text["hidden_size"])),
+            vision=VisionConfig.from_hf_dict(
+                d.get("vision_config") or {}, int(text["hidden_size"])
+            ),
             image_token_id=int(d.get("image_token_id", 151655)),
             video_token_id=int(d.get("video_token_id", 151656)),
             vision_start_token_id=int(d.get("vision_start_token_id", 151652)),
@@ -139,7 +141,8 @@ class ModelConfig:
             raise ValueError("num_attention_heads must be divisible by num_key_value_heads")
         if sum(self.mrope_section) * 2 != self.head_dim:
             raise ValueError(
-                f"mrope_section {list(self.mrope_section)} must sum to head_dim/2 = {self.head_dim // 2}"
+                f"mrope_section {list(self.mrope_section)} must sum to "
+                f"head_dim/2 = {self.head_dim // 2}"
             )
         if self.vision.out_hidden_size != self.hidden_size:
             raise ValueError("vision_config.hidden_size must equal the language model hidden_size")
@@ -172,4 +175,3 @@ def _eos_ids(eos: int | list[int] | None) -> tuple[int, ...]:
 
 def is_model_setting(name: str) -> bool:
     return name in exp_suite.MODEL_SETTINGS
-

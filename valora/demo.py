@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from valora.config import is_model_setting
 from valora.layers.attention import AttentionMetadata
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.mrope import decode_positions, mrope_positions
@@ -54,16 +55,31 @@ def greedy_generate(
     for _ in range(max_new_tokens):
         generated = decode_positions(len(prompt), len(ids) - len(prompt), rope_delta)
         all_positions = torch.from_numpy(np.concatenate([positions, generated], axis=1))
-        hidden = model(
-            torch.tensor(ids), all_positions, AttentionMetadata.for_lengths([len(ids)]),
-            image_embeds,
-        )  # fmt: skip
+        metadata = AttentionMetadata.for_lengths([len(ids)])
+        hidden = model(torch.tensor(ids), all_positions, metadata, image_embeds)
         token = int(model.compute_logits(hidden[-1:]).argmax(-1))
         if token in cfg.eos_token_ids:
             break
         ids.append(token)
         yield detok.step(token)
     yield detok.finish()
+
+
+def demo_chats() -> list[tuple[list[dict], list[ProcessedImage]]]:
+    image_question = [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]
+    return [
+        ([{"role": "user", "content": "Write a haiku about serving many adapters."}], []),
+        ([{"role": "user", "content": image_question}], [process_image(demo_image())]),
+    ]
+
+
+def describe(messages: list[dict], images: list[ProcessedImage]) -> str:
+    content = messages[-1]["content"]
+    text = content if isinstance(content, str) else content[-1]["text"]
+    for im in images:
+        _, h, w = im.grid_thw
+        text += f" [+ image resized to {w * 14}x{h * 14}px, {im.num_tokens} tokens]"
+    return text
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,34 +89,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=3, help="dummy-weight seed")
     args = parser.parse_args(argv)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = load_model(args.model, dtype=torch.float32, device="cpu", seed=args.seed)
-    tokenizer = Tokenizer.load(None if model_is_setting(args.model) else args.model)
-    image = process_image(demo_image())
-    chats = [
-        ([{"role": "user", "content": "Write a haiku about serving many adapters."}], []),
-        (
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in this picture?"}]}],
-            [image],
-        ),
-    ]  # fmt: skip
-    print(f"model: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params)")
-    for messages, images in chats:
-        question = messages[-1]["content"]
-        question = question if isinstance(question, str) else question[-1]["text"]
-        note = f" [+ image {image.grid_thw[1] * 14}x{image.grid_thw[2] * 14}px, {image.num_tokens} tokens]" if images else ""
-        print(f"\nuser: {question}{note}\nassistant: ", end="", flush=True)
-        start, count = time.perf_counter(), 0
+    tokenizer = Tokenizer.load(None if is_model_setting(args.model) else args.model)
+    num_params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"model: {args.model} ({num_params:.1f}M parameters, CPU, fp32)")
+    for messages, images in demo_chats():
+        print(f"\nuser: {describe(messages, images)}\nassistant: ", end="", flush=True)
+        start, num_tokens = time.perf_counter(), 0
         for piece in greedy_generate(model, tokenizer, messages, images, args.max_new_tokens):
             print(piece, end="", flush=True)
-            count += 1
-        print(f"\n({count - 1} tokens in {time.perf_counter() - start:.2f}s)")
-
-
-def model_is_setting(name: str) -> bool:
-    from valora.config import is_model_setting
-
-    return is_model_setting(name)
+            num_tokens += 1
+        print(f"\n({num_tokens - 1} tokens in {time.perf_counter() - start:.2f}s)")
 
 
 if __name__ == "__main__":

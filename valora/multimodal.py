@@ -90,8 +90,12 @@ def load_image(source, cfg: ImageProcessorConfig = ImageProcessorConfig()) -> Im
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 image = Image.open(io.BytesIO(data))
                 image.load()
-        except (OSError, SyntaxError, Image.DecompressionBombWarning,
-                Image.DecompressionBombError) as exc:
+        except (
+            OSError,
+            SyntaxError,
+            Image.DecompressionBombWarning,
+            Image.DecompressionBombError,
+        ) as exc:
             raise ValueError(f"cannot decode image: {exc}") from exc
     if image.width * image.height > cfg.max_input_pixels:
         raise ValueError(

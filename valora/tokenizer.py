@@ -62,9 +62,11 @@ class Tokenizer:
         pattern: str = QWEN2_PATTERN,
     ) -> None:
         self._encoding = tiktoken.Encoding(
-            "qwen2", pat_str=pattern, mergeable_ranks=mergeable_ranks,
+            "qwen2",
+            pat_str=pattern,
+            mergeable_ranks=mergeable_ranks,
             special_tokens=dict(special_tokens),
-        )  # fmt: skip
+        )
         self.special_tokens = dict(special_tokens)
         self.special_ids = frozenset(self.special_tokens.values())
         self.chat_template = chat_template
@@ -111,7 +113,9 @@ class Tokenizer:
     @property
     def eos_token_ids(self) -> tuple[int, ...]:
         return tuple(
-            self.special_tokens[t] for t in ("<|im_end|>", "<|endoftext|>") if t in self.special_tokens
+            self.special_tokens[t]
+            for t in ("<|im_end|>", "<|endoftext|>")
+            if t in self.special_tokens
         )
 
     # ---- text <-> ids --------------------------------------------------------------------

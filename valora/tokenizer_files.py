@@ -44,7 +44,9 @@ def read_checkpoint_tokenizer(model_dir: Path) -> Found | None:
         if model.get("type") != "BPE":
             raise ValueError(f"{model_dir}/tokenizer.json is not a BPE tokenizer")
         vocab = model["vocab"]
-        specials.update({t["content"]: int(t["id"]) for t in tokenizer_json.get("added_tokens", [])})
+        specials.update(
+            {t["content"]: int(t["id"]) for t in tokenizer_json.get("added_tokens", [])}
+        )
         pattern = _split_pattern(tokenizer_json.get("pre_tokenizer"))
     else:
         vocab = _read_json(model_dir / "vocab.json")

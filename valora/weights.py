@@ -100,9 +100,7 @@ def checkpoint_targets(model: nn.Module) -> dict[str, _Target]:
 
 def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's weights under original checkpoint names (views, stacked params unstacked)."""
-    return {
-        name: t.param[t.start : t.stop] for name, t in checkpoint_targets(model).items()
-    }
+    return {name: t.param[t.start : t.stop] for name, t in checkpoint_targets(model).items()}
 
 
 def load_checkpoint_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:

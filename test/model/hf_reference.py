@@ -46,7 +46,9 @@ def save_checkpoint(model: Qwen2VLForConditionalGeneration, out: Path, layout: s
         tensors.pop("lm_head.weight")
     _write_weights(tensors, out, sharded)
     config = model.config.to_dict()
-    (out / "config.json").write_text(json.dumps(_flatten(config) if config_shape == "flat" else config))
+    (out / "config.json").write_text(
+        json.dumps(_flatten(config) if config_shape == "flat" else config)
+    )
     return out
 
 

@@ -12,11 +12,11 @@ import json
 
 import pytest
 import torch
+from prompts import CONVERSATIONS
+from test_parity_hf import build_prompt, hf_logits, our_logits, relative_error
 from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
 import exp_suite
-from prompts import CONVERSATIONS
-from test_parity_hf import build_prompt, hf_logits, our_logits, relative_error
 from valora.tokenizer import Tokenizer
 from valora.weights import build_model, checkpoint_tensors, load_checkpoint_tensors, load_model
 
@@ -44,15 +44,20 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(previous)
 
 
+def hf_module_name(checkpoint_name: str) -> str:
+    """Original checkpoint name -> transformers' module name (the 4.52+ layout)."""
+    if checkpoint_name.startswith("model."):
+        return "model.language_model." + checkpoint_name[len("model.") :]
+    if checkpoint_name.startswith("visual."):
+        return "model." + checkpoint_name
+    return checkpoint_name
+
+
 def hf_from_ours(setting: str, ours, dtype: torch.dtype) -> Qwen2VLForConditionalGeneration:
     config = Qwen2VLConfig(**json.loads(json.dumps(dict(exp_suite.MODEL_SETTINGS[setting]))))
     with torch.device("cuda"), default_dtype(dtype):
         hf = Qwen2VLForConditionalGeneration(config).eval()
-    renamed = {
-        ("model.language_model." + k[6:]) if k.startswith("model.")
-        else ("model." + k) if k.startswith("visual.") else k: v
-        for k, v in checkpoint_tensors(ours).items()
-    }  # fmt: skip
+    renamed = {hf_module_name(k): v for k, v in checkpoint_tensors(ours).items()}
     missing, unexpected = hf.load_state_dict(renamed, strict=False)
     assert not unexpected and set(missing) <= {"lm_head.weight"}
     hf.tie_weights()
@@ -89,6 +94,8 @@ def test_real_dimensions_match_transformers_on_gpu(setting):
     ):
         assert relative_error(ours32, hf32) <= 1e-4, name
         our_err, hf_err = relative_error(ours16, hf32), relative_error(hf16, hf32)
-        print(f"{setting} {name}: fp32 {relative_error(ours32, hf32):.2e}; "
-              f"bf16 vs fp32 reference: ours {our_err:.2e}, transformers {hf_err:.2e}")
+        print(
+            f"{setting} {name}: fp32 {relative_error(ours32, hf32):.2e}; "
+            f"bf16 vs fp32 reference: ours {our_err:.2e}, transformers {hf_err:.2e}"
+        )
         assert our_err <= 1.5 * hf_err + 2e-3, f"{name}: ours {our_err:.3e} vs HF {hf_err:.3e}"

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-
 from prompts import noise_image
+
 from valora.mrope import decode_positions, mrope_positions
 from valora.multimodal import (
     ImageProcessorConfig,

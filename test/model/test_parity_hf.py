@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from hf_reference import LAYOUTS, make_hf_model, save_checkpoint
 from prompts import CONVERSATIONS, conversation_images
+
 from valora.layers.attention import AttentionMetadata
 from valora.mrope import mrope_positions
 from valora.multimodal import expand_image_placeholders, process_image

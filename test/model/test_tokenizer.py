@@ -8,10 +8,10 @@ import random
 import unicodedata
 
 import pytest
+from bpe_merges import vocab_and_merges
 from transformers import AddedToken
 from transformers.models.qwen2.tokenization_qwen2 import Qwen2Tokenizer
 
-from bpe_merges import vocab_and_merges
 from valora.tokenizer import (
     QWEN2_VL_SPECIAL_TOKENS,
     IncrementalDetokenizer,
@@ -139,9 +139,7 @@ def test_chat_template_multi_turn_with_system_and_images(tokenizer):
 
 def test_chat_template_vision_ids_and_no_generation_prompt(tokenizer):
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "image"}]}]
-    text = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=False, add_vision_id=True
-    )
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=False, add_vision_id=True)
     assert text == (
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
         "Picture 1: <|vision_start|><|image_pad|><|vision_end|>"

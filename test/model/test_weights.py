@@ -6,10 +6,10 @@ import json
 
 import pytest
 import torch
+from hf_reference import make_hf_model, save_checkpoint
 from safetensors.torch import save_file
 
 import exp_suite
-from hf_reference import make_hf_model, save_checkpoint
 from valora.config import ModelConfig
 from valora.weights import build_model, checkpoint_tensors, load_checkpoint, load_model
 
@@ -37,8 +37,13 @@ def rewrite(checkpoint, out, edit) -> str:
 
 
 def test_missing_tensor_is_named_with_its_shape(checkpoint, tmp_path):
-    path = rewrite(checkpoint, tmp_path / "c", lambda t: t.pop("model.layers.1.self_attn.k_proj.weight"))
-    with pytest.raises(ValueError, match=r"missing tensor 'model.layers.1.self_attn.k_proj.weight' of shape \(32, 64\)"):
+    path = rewrite(
+        checkpoint, tmp_path / "c", lambda t: t.pop("model.layers.1.self_attn.k_proj.weight")
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"missing tensor 'model.layers.1.self_attn.k_proj.weight' of shape \(32, 64\)",
+    ):
         load_model(path)
 
 
@@ -53,7 +58,10 @@ def test_misshaped_tensor_names_the_expected_shape(checkpoint, tmp_path):
         t["visual.blocks.0.mlp.fc1.weight"] = torch.zeros(10, 32)
 
     path = rewrite(checkpoint, tmp_path / "c", shrink)
-    with pytest.raises(ValueError, match=r"'visual.blocks.0.mlp.fc1.weight' has shape \(10, 32\), expected \(128, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"'visual.blocks.0.mlp.fc1.weight' has shape \(10, 32\), expected \(128, 32\)",
+    ):
         load_model(path)
 
 
@@ -63,7 +71,6 @@ def test_missing_weights_and_unknown_names_are_clear(tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(ValueError, match="neither a model setting nor a checkpoint"):
         load_model("no-such-setting")
-
 
 
 def test_round_trip_through_checkpoint_names(tmp_path):

@@ -23,11 +23,13 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-ACTIVATIONS: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType({
-    "quick_gelu": quick_gelu,
-    "gelu": gelu_exact,
-    "silu": F.silu,
-})
+ACTIVATIONS: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = MappingProxyType(
+    {
+        "quick_gelu": quick_gelu,
+        "gelu": gelu_exact,
+        "silu": F.silu,
+    }
+)
 
 
 def get_activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:

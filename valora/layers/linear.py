@@ -25,9 +25,7 @@ class Linear(nn.Module):
         self.output_offsets = (0, *accumulate(self.output_sizes))
         out_features = self.output_offsets[-1]
         self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
-        self.bias = (
-            nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
-        )
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     @property
     def out_features(self) -> int:

@@ -85,7 +85,7 @@ class Qwen2VLTextModel(nn.Module):
 
 
 class Qwen2VLForConditionalGeneration(nn.Module):
-    """Our Qwen2-VL. ``attn_backend`` is the attention strategy (see ``valora.layers.attention``)."""
+    """Our Qwen2-VL; ``attn_backend`` is the attention strategy (``valora.layers.attention``)."""
 
     def __init__(self, cfg: ModelConfig, attn_backend=None) -> None:
         super().__init__()

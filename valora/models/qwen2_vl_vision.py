@@ -45,7 +45,10 @@ class VisionAttention(nn.Module):
         self.proj = Linear(cfg.embed_dim, [cfg.embed_dim], bias=True)
 
     def forward(
-        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], frame_lens: tuple[int, ...]
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        frame_lens: tuple[int, ...],
     ) -> torch.Tensor:
         num_patches = x.shape[0]
         q, k, v = self.qkv(x).view(num_patches, 3, self.num_heads, -1).unbind(1)
@@ -77,7 +80,10 @@ class VisionBlock(nn.Module):
         self.mlp = VisionMLP(cfg)
 
     def forward(
-        self, x: torch.Tensor, cos_sin: tuple[torch.Tensor, torch.Tensor], frame_lens: tuple[int, ...]
+        self,
+        x: torch.Tensor,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        frame_lens: tuple[int, ...],
     ) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), cos_sin, frame_lens)
         return x + self.mlp(self.norm2(x))
