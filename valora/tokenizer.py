@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import codecs
-import json
 import unicodedata
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -19,6 +18,8 @@ from pathlib import Path
 
 import tiktoken
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from valora.tokenizer_files import read_checkpoint_tokenizer
 
 # Qwen2's pre-tokenizer split: contractions, letter runs with one optional leading non-letter,
 # single digits, punctuation runs, newlines, whitespace.
@@ -67,6 +68,8 @@ class Tokenizer:
             mergeable_ranks=mergeable_ranks,
             special_tokens=dict(special_tokens),
         )
+        self.mergeable_ranks = mergeable_ranks
+        self.pattern = pattern
         self.special_tokens = dict(special_tokens)
         self.special_ids = frozenset(self.special_tokens.values())
         self.chat_template = chat_template
@@ -86,21 +89,24 @@ class Tokenizer:
 
     @classmethod
     def load(cls, model_dir: str | Path | None = None) -> Tokenizer:
-        """The checkpoint's own tokenizer files if ``model_dir`` has them, else the built-in."""
-        from valora.tokenizer_files import read_checkpoint_tokenizer
-
-        found = read_checkpoint_tokenizer(Path(model_dir)) if model_dir else None
-        if found is None:
-            builtin = cls.builtin()
-            template = _checkpoint_template(model_dir) if model_dir else None
-            return builtin if template is None else builtin.with_chat_template(template)
-        ranks, specials, pattern, template = found
-        template = _checkpoint_template(model_dir) or template or QWEN2_VL_CHAT_TEMPLATE
-        return cls(ranks, specials, template, pattern or QWEN2_PATTERN)
+        """The checkpoint's own tokenizer files and chat template where ``model_dir`` has them,
+        the built-in vocabulary and template otherwise."""
+        if model_dir is None:
+            return cls.builtin()
+        files = read_checkpoint_tokenizer(Path(model_dir))
+        if files.mergeable_ranks is None:
+            base = cls.builtin()
+            template = files.chat_template
+            return base if template is None else base.with_chat_template(template)
+        return cls(
+            files.mergeable_ranks,
+            files.special_tokens,
+            files.chat_template or QWEN2_VL_CHAT_TEMPLATE,
+            files.pattern or QWEN2_PATTERN,
+        )
 
     def with_chat_template(self, template: str) -> Tokenizer:
-        ranks = self._encoding._mergeable_ranks
-        return Tokenizer(ranks, self.special_tokens, template, self._encoding._pat_str)
+        return Tokenizer(self.mergeable_ranks, self.special_tokens, template, self.pattern)
 
     # ---- ids -----------------------------------------------------------------------------
     @property
@@ -174,15 +180,3 @@ class IncrementalDetokenizer:
     def finish(self) -> str:
         """Flush bytes of a character the stream never completed (as U+FFFD)."""
         return self._utf8.decode(b"", final=True)
-
-
-def _checkpoint_template(model_dir: str | Path) -> str | None:
-    """A chat template shipped beside the checkpoint (``chat_template.jinja``/``.json``)."""
-    model_dir = Path(model_dir)
-    jinja = model_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text()
-    as_json = model_dir / "chat_template.json"
-    if as_json.is_file():
-        return json.loads(as_json.read_text()).get("chat_template")
-    return None

@@ -8,9 +8,18 @@ Token strings use GPT-2's printable byte alphabet and are mapped back to raw byt
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
-Found = tuple[dict[bytes, int], dict[str, int], "str | None", "str | None"]
+
+@dataclass(frozen=True)
+class CheckpointTokenizerFiles:
+    """What a checkpoint directory says about its tokenizer; every field may be absent."""
+
+    mergeable_ranks: dict[bytes, int] | None = None  # None: no vocabulary files
+    special_tokens: dict[str, int] = field(default_factory=dict)
+    pattern: str | None = None  # pre-tokenizer split regex
+    chat_template: str | None = None
 
 
 def gpt2_byte_decoder() -> dict[str, int]:
@@ -30,30 +39,41 @@ def gpt2_byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
-def read_checkpoint_tokenizer(model_dir: Path) -> Found | None:
-    """(ranks, special tokens, split pattern, chat template) from ``model_dir``, or None."""
+def read_checkpoint_tokenizer(model_dir: Path) -> CheckpointTokenizerFiles:
+    """Vocabulary, special tokens, split pattern and chat template found in ``model_dir``."""
     config = _read_json(model_dir / "tokenizer_config.json") or {}
-    template = _template_from_config(config)
     specials = {
         entry["content"]: int(token_id)
         for token_id, entry in (config.get("added_tokens_decoder") or {}).items()
     }
+    pattern = None
     tokenizer_json = _read_json(model_dir / "tokenizer.json")
     if tokenizer_json is not None:
         model = tokenizer_json.get("model") or {}
         if model.get("type") != "BPE":
             raise ValueError(f"{model_dir}/tokenizer.json is not a BPE tokenizer")
         vocab = model["vocab"]
-        specials.update(
-            {t["content"]: int(t["id"]) for t in tokenizer_json.get("added_tokens", [])}
-        )
+        added = tokenizer_json.get("added_tokens", [])
+        specials.update({t["content"]: int(t["id"]) for t in added})
         pattern = _split_pattern(tokenizer_json.get("pre_tokenizer"))
     else:
         vocab = _read_json(model_dir / "vocab.json")
-        if vocab is None:
-            return None
-        pattern = None
-    return _ranks(vocab, specials), specials, pattern, template
+    return CheckpointTokenizerFiles(
+        mergeable_ranks=None if vocab is None else _ranks(vocab, specials),
+        special_tokens=specials,
+        pattern=pattern,
+        chat_template=_template_file(model_dir) or _template_from_config(config),
+    )
+
+
+def _template_file(model_dir: Path) -> str | None:
+    """A template shipped beside the checkpoint (``chat_template.jinja`` / ``.json``); it wins
+    over the one in ``tokenizer_config.json``, as in transformers."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    as_json = _read_json(model_dir / "chat_template.json")
+    return None if as_json is None else as_json.get("chat_template")
 
 
 def _ranks(vocab: dict[str, int], specials: dict[str, int]) -> dict[bytes, int]:

@@ -45,6 +45,9 @@ class _Target:
     def shape(self) -> tuple[int, ...]:
         return (self.stop - self.start, *self.param.shape[1:])
 
+    def copy_from(self, tensor: torch.Tensor) -> None:
+        self.param[self.start : self.stop].copy_(tensor)
+
 
 def build_model(
     cfg: ModelConfig, dtype: torch.dtype, device: str | torch.device, attn_backend=None
@@ -109,8 +112,7 @@ def load_checkpoint_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) 
     if set(tensors) != set(targets):
         raise ValueError(f"tensor names differ: {sorted(set(tensors) ^ set(targets))[:10]}")
     for name, tensor in tensors.items():
-        target = targets[name]
-        target.param[target.start : target.stop].copy_(tensor)
+        targets[name].copy_from(tensor)
 
 
 def checkpoint_files(path: str | Path) -> list[Path]:
@@ -153,7 +155,7 @@ def load_checkpoint(model: Qwen2VLForConditionalGeneration, path: str | Path) ->
                         f"expected {target.shape}"
                     )
                     continue
-                target.param[target.start : target.stop].copy_(tensor)
+                target.copy_from(tensor)
                 loaded.add(name)
     for name in sorted(set(targets) - loaded):
         problems.append(f"missing tensor {name!r} of shape {targets[name].shape}")

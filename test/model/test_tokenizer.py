@@ -48,7 +48,7 @@ def tokenizer() -> Tokenizer:
 @pytest.fixture(scope="module")
 def hf_tokenizer(tokenizer: Tokenizer) -> Qwen2Tokenizer:
     """transformers' Qwen2 tokenizer built from the same BPE ranks."""
-    vocab, merges = vocab_and_merges(tokenizer._encoding._mergeable_ranks)
+    vocab, merges = vocab_and_merges(tokenizer.mergeable_ranks)
     hf = Qwen2Tokenizer(vocab=vocab, merges=merges)
     hf.add_tokens([AddedToken(t, special=True) for t in QWEN2_VL_SPECIAL_TOKENS])
     return hf
@@ -164,7 +164,7 @@ def test_checkpoint_tokenizer_files_take_precedence(tmp_path, hf_tokenizer, toke
 
 
 def test_vocab_json_with_separate_template_file(tmp_path, tokenizer):
-    vocab, _ = vocab_and_merges(tokenizer._encoding._mergeable_ranks)
+    vocab, _ = vocab_and_merges(tokenizer.mergeable_ranks)
     (tmp_path / "vocab.json").write_text(json.dumps(vocab))
     added = {str(i): {"content": t, "special": True} for t, i in tokenizer.special_tokens.items()}
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": added}))
@@ -172,6 +172,14 @@ def test_vocab_json_with_separate_template_file(tmp_path, tokenizer):
     loaded = Tokenizer.load(tmp_path)
     assert loaded.apply_chat_template([{"role": "user", "content": "hey"}]) == "hey!"
     assert loaded.encode(TEXTS[1]) == tokenizer.encode(TEXTS[1])
+
+
+def test_template_only_in_tokenizer_config_is_used(tmp_path, tokenizer):
+    config = {"chat_template": "{{ messages[-1]['content'] }}?"}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(config))
+    loaded = Tokenizer.load(tmp_path)
+    assert loaded.apply_chat_template([{"role": "user", "content": "why"}]) == "why?"
+    assert loaded.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
 
 
 def test_directory_without_tokenizer_files_uses_builtin(tmp_path, tokenizer):
