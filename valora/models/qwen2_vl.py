@@ -112,16 +112,20 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         """[num_patches, patch_dim] -> [num_image_tokens, hidden] (all images, in order)."""
         return self.visual(pixel_patches.to(self.device), grid_thw)
 
-    def embed(self, input_ids: torch.Tensor, image_embeds: torch.Tensor | None) -> torch.Tensor:
-        """Token embeddings with the image rows replaced, in order, by ``image_embeds``."""
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        image_embeds: torch.Tensor | None,
+        image_rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with rows ``image_rows`` (default: every ``<|image_pad|>`` row)
+        replaced, in order, by ``image_embeds`` [len(image_rows), hidden]."""
         x = self.model.embed_tokens(input_ids)
-        image_rows = input_ids == self.cfg.image_token_id
-        num_image_rows = int(image_rows.sum())
+        if image_rows is None:
+            image_rows = (input_ids == self.cfg.image_token_id).nonzero().squeeze(1)
         num_embeds = 0 if image_embeds is None else image_embeds.shape[0]
-        if num_image_rows != num_embeds:
-            raise ValueError(
-                f"{num_image_rows} <|image_pad|> tokens but {num_embeds} image embeddings"
-            )
+        if image_rows.numel() != num_embeds:
+            raise ValueError(f"{image_rows.numel()} image rows but {num_embeds} image embeddings")
         if num_embeds:
             x[image_rows] = image_embeds.to(x.dtype)
         return x
@@ -132,11 +136,15 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         positions: torch.Tensor,
         metadata: AttentionMetadata,
         image_embeds: torch.Tensor | None = None,
+        image_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """input_ids [T], positions [3, T] -> final hidden states [T, hidden] (after the norm)."""
+        """input_ids [T], positions [3, T] -> final hidden states [T, hidden] (after the norm).
+
+        ``metadata`` is whatever the attention backend needs (``AttentionMetadata`` for the
+        cache-less backend, ``PagedAttentionMetadata`` for the paged ones)."""
         if positions.shape != (3, input_ids.shape[0]):
             raise ValueError(f"positions must be [3, {input_ids.shape[0]}], got {positions.shape}")
-        x = self.embed(input_ids, image_embeds)
+        x = self.embed(input_ids, image_embeds, image_rows)
         cos_sin = self.rotary.cos_sin(positions, x.dtype)
         for layer in self.model.layers:
             x = layer(x, cos_sin, metadata, self.attn_backend)
