@@ -1,0 +1,146 @@
+"""The engine's greedy generation against transformers' ``generate`` (fp32, tiny config) for a
+mixed batch of text and image prompts: with and without prefix caching, with small chunked
+prefill, and under forced preemption. Every run ends with all KV blocks free."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_reference import make_hf_model, save_checkpoint
+from prompts import CONVERSATIONS, conversation_images
+from test_parity_hf import build_prompt
+from valora.llm import LLM
+from valora.sampling_params import SamplingParams
+from valora.tokenizer import Tokenizer
+
+MAX_NEW = 8
+GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    hf = make_hf_model(tie_word_embeddings=False)
+    return hf, str(save_checkpoint(hf, tmp_path_factory.mktemp("ckpt"), "original-flat-single"))
+
+
+@pytest.fixture(scope="module")
+def hf_tokens(checkpoint) -> dict[str, list[int]]:
+    hf, _ = checkpoint
+    tokenizer = Tokenizer.builtin()
+    expected = {}
+    for name in CONVERSATIONS:
+        ids, images = build_prompt(tokenizer, name, hf.config.image_token_id)
+        input_ids = torch.tensor([ids])
+        kwargs = {}
+        if images:
+            kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images])
+            kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
+            kwargs["mm_token_type_ids"] = (input_ids == hf.config.image_token_id).int()
+        with torch.no_grad():
+            out = hf.generate(input_ids=input_ids, max_new_tokens=MAX_NEW,
+                              min_new_tokens=MAX_NEW, do_sample=False, **kwargs)  # fmt: skip
+        expected[name] = out[0, len(ids) :].tolist()
+    return expected
+
+
+def engine_prompts(llm: LLM) -> list[dict]:
+    return [
+        {
+            "prompt": llm.tokenizer.apply_chat_template(CONVERSATIONS[name][0]),
+            "multi_modal_data": {"image": conversation_images(name)},
+        }
+        for name in CONVERSATIONS
+    ]
+
+
+def assert_no_leaks(llm: LLM) -> None:
+    bm = llm.engine.block_manager
+    bm.check_invariants()
+    assert bm.all_free, f"{bm.num_blocks - bm.num_free_blocks} blocks still held"
+    assert not llm.engine.has_unfinished()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},
+        {"enable_prefix_caching": False},
+        {"max_num_batched_tokens": 7, "block_size": 4},  # prefill chunked across image tokens
+        {"num_token": 80, "block_size": 4},  # too few blocks for all at once: preemption
+    ],
+    ids=["default", "no-prefix-cache", "chunked-prefill", "preemption"],
+)
+def test_greedy_matches_transformers_generate(checkpoint, hf_tokens, options):
+    _, path = checkpoint
+    llm = LLM(path, device="cpu", **options)
+    outputs = llm.generate(engine_prompts(llm), GREEDY, use_tqdm=False)
+    for name, out in zip(CONVERSATIONS, outputs):
+        assert out.outputs[0].token_ids == hf_tokens[name], name
+        assert out.outputs[0].finish_reason == "length"
+        assert out.first_token_time is not None and out.finish_time >= out.first_token_time
+    if "num_token" in options:
+        assert llm.engine.scheduler.num_preemptions > 0
+    assert_no_leaks(llm)
+    # the same prompts again: served from the prefix cache when it is on, same tokens
+    again = llm.generate(engine_prompts(llm), GREEDY, use_tqdm=False)
+    assert [o.outputs[0].token_ids for o in again] == [o.outputs[0].token_ids for o in outputs]
+    assert_no_leaks(llm)
+
+
+def test_shared_system_prompt_hits_the_cache(checkpoint):
+    _, path = checkpoint
+    llm = LLM(path, device="cpu", block_size=4)
+    system = "You are a meticulous assistant. " * 12
+    first = llm.generate(system + "Question one?", GREEDY, use_tqdm=False)[0]
+    stats = llm.engine.block_manager.stats
+    hits_before = stats.hits
+    second = llm.generate(system + "Question one?", GREEDY, use_tqdm=False)[0]
+    assert first.num_cached_tokens == 0
+    assert second.num_cached_tokens >= len(llm.tokenizer.encode(system)) - 4
+    assert stats.hits - hits_before == second.num_cached_tokens
+    assert second.outputs[0].token_ids == first.outputs[0].token_ids
+    assert_no_leaks(llm)
+
+
+def test_different_adapters_never_share_blocks(checkpoint):
+    _, path = checkpoint
+    llm = LLM(path, device="cpu", block_size=4)
+    engine, prompt = llm.engine, "A fairly long prompt that spans several blocks of tokens."
+    engine.add_request("a", prompt, GREEDY, adapter=("alpha", 0))
+    engine.add_request("b", prompt, GREEDY, adapter=("beta", 0))
+    engine.step()
+    a, b = engine.scheduler.find("a"), engine.scheduler.find("b")
+    assert not set(a.block_table) & set(b.block_table)
+    while engine.has_unfinished():
+        engine.step()
+    engine.add_request("a2", prompt, GREEDY, adapter=("alpha", 0))
+    engine.add_request("a3", prompt, GREEDY, adapter=("alpha", 1))  # reloaded: new version
+    engine.step()
+    assert engine.scheduler.find("a2").num_cached_tokens > 0
+    assert engine.scheduler.find("a3").num_cached_tokens == 0
+    while engine.has_unfinished():
+        engine.step()
+    assert_no_leaks(llm)
+
+
+def test_abort_frees_everything(checkpoint):
+    _, path = checkpoint
+    llm = LLM(path, device="cpu", block_size=4)
+    engine = llm.engine
+    for i in range(3):
+        engine.add_request(str(i), f"prompt number {i} " * 5, SamplingParams(max_tokens=50))
+    engine.step()
+    engine.step()
+    assert engine.abort("1") and engine.abort("0")
+    assert not engine.abort("0")  # already gone
+    engine.abort("2")
+    assert_no_leaks(llm)
+
+
+def test_prompt_too_long_is_rejected(checkpoint):
+    _, path = checkpoint
+    llm = LLM(path, device="cpu", num_token=32, block_size=4)
+    with pytest.raises(ValueError, match="does not fit"):
+        llm.generate("word " * 100, GREEDY, use_tqdm=False)
+    assert_no_leaks(llm)

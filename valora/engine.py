@@ -1,0 +1,219 @@
+"""LLMEngine: ``add_request`` / ``abort`` / ``step`` over the scheduler and the model runner.
+
+One step: the scheduler picks the batch, the runner computes it and samples, the scheduler
+advances; then each request that got a token is detokenized incrementally and checked against
+its stop conditions (eos, stop token ids, stop strings, max_tokens, context length).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from valora.block_manager import BlockManager
+from valora.config import ModelConfig
+from valora.inputs import PromptType, build_request
+from valora.layers.paged_attention import KVCache, TorchPagedAttention
+from valora.model_runner import ModelRunner, SampledToken
+from valora.request import CompletionOutput, Request, RequestOutput, RequestStatus
+from valora.sampling_params import SamplingParams
+from valora.scheduler import Scheduler, SchedulerConfig
+from valora.tokenizer import IncrementalDetokenizer, Tokenizer
+from valora.weights import load_model
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str = "tiny"  # a model setting or a checkpoint directory
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    num_token: int | None = None  # KV budget in tokens; None: from gpu_memory_utilization
+    gpu_memory_utilization: float = 0.85
+    block_size: int = 16
+    enable_prefix_caching: bool = True
+    scheduler: SchedulerConfig = SchedulerConfig()
+    seed: int = 0  # dummy-weight seed
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.model = load_model(config.model, config.dtype, config.device, seed=config.seed)
+        self.model_config: ModelConfig = self.model.cfg
+        is_dir = not _is_setting(config.model)
+        self.tokenizer = Tokenizer.load(config.model if is_dir else None)
+        num_blocks = self._num_kv_blocks()
+        cfg = self.model_config
+        kv_cache = KVCache(cfg.num_hidden_layers, num_blocks, config.block_size,
+                           cfg.num_key_value_heads, cfg.head_dim, config.dtype,
+                           config.device)  # fmt: skip
+        self.model.attn_backend = _attention_backend(kv_cache, config.device)
+        self.block_manager = BlockManager(num_blocks, config.block_size,
+                                          config.enable_prefix_caching)  # fmt: skip
+        max_len = min(config.scheduler.max_model_len, cfg.max_position_embeddings)
+        sched_cfg = SchedulerConfig(
+            max_num_seqs=config.scheduler.max_num_seqs,
+            max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
+            max_model_len=max_len,
+            enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
+        )
+        self.scheduler = Scheduler(sched_cfg, self.block_manager)
+        self.runner = ModelRunner(self.model, kv_cache)
+        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
+        self._texts: dict[str, str] = {}
+        self._requests: dict[str, Request] = {}
+
+    def _num_kv_blocks(self) -> int:
+        cfg, c = self.model_config, self.config
+        if c.num_token is not None:
+            return max(1, c.num_token // c.block_size)
+        if not c.device.startswith("cuda"):
+            return 16384 // c.block_size
+        free, total = torch.cuda.mem_get_info()
+        per_token = KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
+                                            cfg.head_dim, c.dtype)  # fmt: skip
+        usable = total * c.gpu_memory_utilization - (total - free) - (1 << 30)  # 1 GiB headroom
+        return max(1, int(usable // (per_token * c.block_size)))
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(
+        self,
+        request_id: str,
+        prompt: PromptType,
+        params: SamplingParams | None = None,
+        adapter: tuple[str, int] | None = None,
+    ) -> Request:
+        if request_id in self._requests:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        params = params or SamplingParams()
+        request = build_request(request_id, prompt, params, self.tokenizer, self.model_config,
+                                adapter)  # fmt: skip
+        max_len = self.scheduler.config.max_model_len
+        capacity = self.block_manager.num_blocks * self.block_manager.block_size
+        if request.num_prompt_tokens >= min(max_len, capacity):
+            raise ValueError(
+                f"prompt of {request.num_prompt_tokens} tokens does not fit: the context limit "
+                f"is {max_len} tokens and the KV cache holds {capacity}"
+            )
+        self.scheduler.add_request(request)
+        self._requests[request_id] = request
+        self._detokenizers[request_id] = IncrementalDetokenizer(
+            self.tokenizer, params.skip_special_tokens
+        )
+        self._texts[request_id] = ""
+        return request
+
+    def abort(self, request_id: str) -> bool:
+        request = self._requests.get(request_id)
+        if request is None or request.is_finished:
+            return False
+        self._finish(request, RequestStatus.FINISHED_ABORTED)
+        self._output(request)  # drops the per-request state
+        return True
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.num_unfinished > 0
+
+    # ---- the step -------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        sched = self.scheduler.schedule()
+        if sched.is_empty:
+            return []
+        sampled = self.runner.execute(sched)
+        ready = self.scheduler.update(sched)
+        return [self._append(request, sampled[request.request_id]) for request in ready]
+
+    def _append(self, request: Request, token: SampledToken) -> RequestOutput:
+        now = time.monotonic()
+        request.first_token_time = request.first_token_time or now
+        request.output_token_ids.append(token.token_id)
+        if request.sampling_params.logprobs is not None:
+            top = dict(token.top_logprobs or {})
+            top[token.token_id] = token.logprob
+            request.output_logprobs.append(top)
+        piece = self._detokenizers[request.request_id].step(token.token_id)
+        self._texts[request.request_id] += piece
+        status = self._stop_status(request)
+        if status is not None:
+            self._finish(request, status)
+        return self._output(request)
+
+    def _stop_status(self, request: Request) -> RequestStatus | None:
+        params, token = request.sampling_params, request.output_token_ids[-1]
+        num_out = len(request.output_token_ids)
+        if num_out >= params.min_tokens:
+            if token in params.stop_token_ids or (
+                not params.ignore_eos and token in request.eos_token_ids
+            ):
+                request.stop_reason = token if token in params.stop_token_ids else None
+                return RequestStatus.FINISHED_STOPPED
+            if params.stop and self._truncate_at_stop_string(request):
+                return RequestStatus.FINISHED_STOPPED
+        if params.max_tokens is not None and num_out >= params.max_tokens:
+            return RequestStatus.FINISHED_LENGTH
+        if request.num_tokens >= self.scheduler.config.max_model_len:
+            return RequestStatus.FINISHED_LENGTH
+        return None
+
+    def _truncate_at_stop_string(self, request: Request) -> bool:
+        text = self._texts[request.request_id]
+        for stop in request.sampling_params.stop:
+            index = text.find(stop)
+            if index >= 0:
+                self._texts[request.request_id] = text[:index]
+                request.stop_reason = stop
+                return True
+        return False
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        self.scheduler.finish(request, status)
+        self.runner.release(request.request_id)
+        request.finish_time = time.monotonic()
+        if status is not RequestStatus.FINISHED_STOPPED or not request.sampling_params.stop:
+            self._texts[request.request_id] += self._detokenizers[request.request_id].finish()
+
+    def _output(self, request: Request) -> RequestOutput:
+        finished = request.is_finished
+        text = self._texts[request.request_id]
+        if finished:  # forget per-request state; the output carries everything
+            self._requests.pop(request.request_id, None)
+            self._detokenizers.pop(request.request_id, None)
+            self._texts.pop(request.request_id, None)
+        completion = CompletionOutput(
+            index=0,
+            text=text,
+            token_ids=list(request.output_token_ids),
+            logprobs=list(request.output_logprobs) if request.sampling_params.logprobs is not None
+            else None,
+            finish_reason=request.status.value if finished else None,
+            stop_reason=request.stop_reason,
+        )  # fmt: skip
+        return RequestOutput(
+            request_id=request.request_id,
+            prompt_token_ids=request.prompt_token_ids,
+            outputs=[completion],
+            finished=finished,
+            arrival_time=request.arrival_time,
+            first_token_time=request.first_token_time,
+            finish_time=request.finish_time,
+            num_cached_tokens=request.num_cached_tokens,
+        )
+
+
+def _is_setting(model: str) -> bool:
+    from valora.config import is_model_setting
+
+    return is_model_setting(model)
+
+
+def _attention_backend(kv_cache: KVCache, device: str):
+    """Triton kernels on the GPU, the torch implementation elsewhere (chosen once)."""
+    if device.startswith("cuda"):
+        try:
+            from valora.layers.triton_attention import TritonPagedAttention
+        except ImportError:
+            return TorchPagedAttention(kv_cache)
+        return TritonPagedAttention(kv_cache)
+    return TorchPagedAttention(kv_cache)

@@ -1,0 +1,124 @@
+"""Offline API mirroring vLLM's ``LLM``: ``LLM(model=...).generate(prompts, sampling_params)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+
+from valora.engine import EngineConfig, LLMEngine
+from valora.inputs import PromptType
+from valora.request import RequestOutput
+from valora.sampling_params import SamplingParams
+from valora.scheduler import SchedulerConfig
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class LLM:
+    """``model`` is a model setting (``tiny``, ``qwen2-vl-2b``, ``qwen2-vl-7b``: dummy weights)
+    or a checkpoint directory. ``num_token`` is the KV-cache budget in tokens."""
+
+    def __init__(
+        self,
+        model: str = "tiny",
+        dtype: str | torch.dtype = "auto",
+        device: str | None = None,
+        num_token: int | None = None,
+        enable_prefix_caching: bool = True,
+        block_size: int = 16,
+        max_num_seqs: int = 256,
+        max_num_batched_tokens: int = 8192,
+        max_model_len: int = 32768,
+        enable_chunked_prefill: bool = True,
+        gpu_memory_utilization: float = 0.85,
+        lora_modules: dict[str, str] | None = None,
+        max_lora_rank: int = 64,
+        seed: int = 0,
+    ) -> None:
+        if lora_modules:
+            raise ValueError("LoRA adapters are not supported by this build yet")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype == "auto":
+            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        scheduler = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len,
+                                    enable_chunked_prefill)  # fmt: skip
+        self.engine = LLMEngine(
+            EngineConfig(
+                model,
+                dtype,
+                device,
+                num_token,
+                gpu_memory_utilization,
+                block_size,
+                enable_prefix_caching,
+                scheduler,
+                seed,
+            )  # fmt: skip
+        )
+        self.max_lora_rank = max_lora_rank
+        self._next_id = 0
+
+    @property
+    def tokenizer(self):
+        return self.engine.tokenizer
+
+    def generate(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        lora: str | Sequence[str | None] | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """One ``RequestOutput`` per prompt, in prompt order."""
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]
+        params = _per_prompt(sampling_params or SamplingParams(), len(prompts))
+        adapters = _per_prompt(lora, len(prompts))
+        if any(a is not None for a in adapters):
+            raise ValueError(f"unknown adapter {next(a for a in adapters if a)!r}")
+        ids = []
+        for prompt, p in zip(prompts, params):
+            ids.append(str(self._next_id))
+            self._next_id += 1
+            self.engine.add_request(ids[-1], prompt, p)
+        return self._run(ids, use_tqdm)
+
+    def chat(
+        self,
+        messages: list[dict] | list[list[dict]],
+        sampling_params: SamplingParams | None = None,
+        images: list | None = None,
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """Applies the chat template; ``images`` (one list per conversation) fill its image
+        parts in order."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        images = images or [[] for _ in conversations]
+        prompts = [
+            {"prompt": self.tokenizer.apply_chat_template(c), "multi_modal_data": {"image": im}}
+            for c, im in zip(conversations, images)
+        ]
+        return self.generate(prompts, sampling_params, use_tqdm=use_tqdm)
+
+    def _run(self, ids: list[str], use_tqdm: bool) -> list[RequestOutput]:
+        done: dict[str, RequestOutput] = {}
+        with tqdm(total=len(ids), desc="generating", disable=not use_tqdm) as bar:
+            while self.engine.has_unfinished():
+                for out in self.engine.step():
+                    if out.finished:
+                        done[out.request_id] = out
+                        bar.update(1)
+        return [done[i] for i in ids]
+
+
+def _per_prompt(value, n: int) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise ValueError(f"expected {n} values (one per prompt), got {len(value)}")
+        return list(value)
+    return [value] * n
