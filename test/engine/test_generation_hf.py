@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from hf_reference import make_hf_model, save_checkpoint
 from prompts import CONVERSATIONS, conversation_images
 from test_parity_hf import build_prompt
+
 from valora.llm import LLM
 from valora.sampling_params import SamplingParams
 from valora.tokenizer import Tokenizer
