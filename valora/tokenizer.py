@@ -134,10 +134,15 @@ class Tokenizer:
         return self._encoding.encode(text, disallowed_special=())
 
     def token_bytes(self, token_id: int) -> bytes:
+        """The token's bytes; b"" for ids past the vocabulary (the model's embedding table is
+        padded beyond it, e.g. 152064 rows for 151657 tokens, and may sample those rows)."""
+        if not 0 <= token_id < self.vocab_size:
+            return b""
         return self._encoding.decode_single_token_bytes(token_id)
 
     def decode(self, token_ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         ids = [int(t) for t in token_ids]
+        ids = [t for t in ids if 0 <= t < self.vocab_size]  # padded embedding rows: no text
         if skip_special_tokens:
             ids = [t for t in ids if t not in self.special_ids]
         return self._encoding.decode(ids, errors="replace")

@@ -186,3 +186,10 @@ def test_directory_without_tokenizer_files_uses_builtin(tmp_path, tokenizer):
     loaded = Tokenizer.load(tmp_path)
     assert loaded.encode(TEXTS[0]) == tokenizer.encode(TEXTS[0])
     assert loaded.chat_template == tokenizer.chat_template
+
+
+def test_ids_past_the_vocabulary_decode_to_nothing(tokenizer):
+    ids = tokenizer.encode("ok") + [151_700, 152_063]
+    assert tokenizer.decode(ids) == "ok"
+    detok = IncrementalDetokenizer(tokenizer)
+    assert "".join(detok.step(t) for t in ids) + detok.finish() == "ok"
