@@ -1,9 +1,16 @@
-"""Shared pytest setup: the ``gpu`` marker skips without CUDA."""
+"""Shared pytest setup: the ``gpu`` marker skips without CUDA; without CUDA, Triton kernels run
+in the CPU interpreter (set before anything imports triton)."""
 
 from __future__ import annotations
 
-import pytest
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 
 def pytest_configure(config: pytest.Config) -> None:
