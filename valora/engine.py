@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from valora.block_manager import BlockManager
-from valora.config import ModelConfig
+from valora.config import ModelConfig, is_model_setting
 from valora.inputs import PromptType, build_request
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner, SampledToken
@@ -42,7 +42,7 @@ class LLMEngine:
         self.config = config
         self.model = load_model(config.model, config.dtype, config.device, seed=config.seed)
         self.model_config: ModelConfig = self.model.cfg
-        is_dir = not _is_setting(config.model)
+        is_dir = not is_model_setting(config.model)
         self.tokenizer = Tokenizer.load(config.model if is_dir else None)
         num_blocks = self._num_kv_blocks()
         cfg = self.model_config
@@ -200,12 +200,6 @@ class LLMEngine:
             finish_time=request.finish_time,
             num_cached_tokens=request.num_cached_tokens,
         )
-
-
-def _is_setting(model: str) -> bool:
-    from valora.config import is_model_setting
-
-    return is_model_setting(model)
 
 
 def _attention_backend(kv_cache: KVCache, device: str):

@@ -42,18 +42,33 @@ def varlen_attention(
 
     q: [T, Hq, D]; k, v: [T, Hkv, D] with Hq % Hkv == 0 -> out [T, Hq, D].
     """
-    outputs = []
-    for qs, ks, vs in zip(q.split(seq_lens), k.split(seq_lens), v.split(seq_lens)):
-        out = F.scaled_dot_product_attention(
-            qs.transpose(0, 1),
-            ks.transpose(0, 1),
-            vs.transpose(0, 1),
-            is_causal=causal,
-            scale=scale,
-            enable_gqa=ks.shape[1] != qs.shape[1],
-        )
-        outputs.append(out.transpose(0, 1))
+    outputs = [
+        token_major_sdpa(qs, ks, vs, scale, is_causal=causal)
+        for qs, ks, vs in zip(q.split(seq_lens), k.split(seq_lens), v.split(seq_lens))
+    ]
     return torch.cat(outputs, dim=0)
+
+
+def token_major_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    is_causal: bool = False,
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SDPA of one sequence in token-major layout: q [n, Hq, D], k/v [m, Hkv, D] -> [n, Hq, D];
+    GQA when Hkv < Hq; ``mask`` [n, m] bool (True = may attend)."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1),
+        k.transpose(0, 1),
+        v.transpose(0, 1),
+        attn_mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+    return out.transpose(0, 1)
 
 
 class TorchPrefillAttention:

@@ -16,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+from valora.layers.attention import token_major_sdpa
 
 
 @dataclass(frozen=True)
@@ -116,15 +117,7 @@ def paged_attention_reference(
             key_pos = torch.arange(ctx, device=q.device)
             query_pos = torch.arange(ctx - n, ctx, device=q.device)
             mask = key_pos[None, :] <= query_pos[:, None]  # [n, ctx]
-        out = F.scaled_dot_product_attention(
-            q_seq.transpose(0, 1),
-            k.transpose(0, 1).to(q.dtype),
-            v.transpose(0, 1).to(q.dtype),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=k.shape[1] != q.shape[1],
-        )
-        outputs.append(out.transpose(0, 1))
+        outputs.append(token_major_sdpa(q_seq, k.to(q.dtype), v.to(q.dtype), scale, mask=mask))
     return torch.cat(outputs, dim=0)
 
 
