@@ -23,6 +23,7 @@ from torch import nn
 from tqdm import tqdm
 
 from valora.config import ModelConfig, is_model_setting
+from valora.layers.kernels import kernels_for
 from valora.layers.norm import RMSNorm
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
@@ -56,6 +57,7 @@ def build_model(
     with torch.device("meta"):
         model = Qwen2VLForConditionalGeneration(cfg, attn_backend)
     model = model.to(dtype=dtype).to_empty(device=device)
+    model.kernels = kernels_for(device)
     return model.eval().requires_grad_(False)
 
 

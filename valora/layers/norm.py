@@ -1,9 +1,11 @@
-"""Normalisation layers."""
+"""Normalisation layers (the math lives in ``valora.layers.kernels``)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from valora.layers.kernels import TorchKernels
 
 
 class RMSNorm(nn.Module):
@@ -15,7 +17,4 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(dtype)
+        return TorchKernels.rms_norm(x, self.weight, self.eps)

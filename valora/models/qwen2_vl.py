@@ -16,11 +16,11 @@ import torch
 from torch import nn
 
 from valora.config import ModelConfig
-from valora.layers.activation import silu_and_mul
 from valora.layers.attention import AttentionMetadata, TorchPrefillAttention
+from valora.layers.kernels import TorchKernels
 from valora.layers.linear import Linear
 from valora.layers.norm import RMSNorm
-from valora.layers.rotary import MRotaryEmbedding, apply_rotary
+from valora.layers.rotary import MRotaryEmbedding
 from valora.models.qwen2_vl_vision import Grid, Qwen2VisionTower
 
 
@@ -38,11 +38,14 @@ class Qwen2VLAttention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, [q_size, kv_size, kv_size], bias=True)
         self.o_proj = Linear(q_size, [cfg.hidden_size], bias=False)
 
-    def forward(self, x, cos_sin, metadata, attn_backend) -> torch.Tensor:
+    def forward(self, x, cos_sin, metadata, attn_backend, kernels) -> torch.Tensor:
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
-        q = apply_rotary(q.view(num_tokens, self.num_heads, self.head_dim), *cos_sin)
-        k = apply_rotary(k.view(num_tokens, self.num_kv_heads, self.head_dim), *cos_sin)
+        q, k = kernels.rotary(
+            q.view(num_tokens, self.num_heads, self.head_dim),
+            k.view(num_tokens, self.num_kv_heads, self.head_dim),
+            *cos_sin,
+        )
         v = v.view(num_tokens, self.num_kv_heads, self.head_dim)
         return self.o_proj(attn_backend(self.layer_id, q, k, v, metadata))
 
@@ -56,8 +59,8 @@ class Qwen2VLMLP(nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, [inter, inter], bias=False)
         self.down_proj = Linear(inter, [cfg.hidden_size], bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+    def forward(self, x: torch.Tensor, kernels) -> torch.Tensor:
+        return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
 class Qwen2VLDecoderLayer(nn.Module):
@@ -68,9 +71,18 @@ class Qwen2VLDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = Qwen2VLMLP(cfg)
 
-    def forward(self, x, cos_sin, metadata, attn_backend) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos_sin, metadata, attn_backend)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos_sin, metadata, attn_backend, kernels):
+        """(x, residual) -> (x', residual'): the residual stream is ``x + residual`` (``x`` alone
+        in the first layer); the sum and the next norm are one ``add_rms_norm``."""
+        norm = self.input_layernorm
+        if residual is None:
+            residual, x = x, kernels.rms_norm(x, norm.weight, norm.eps)
+        else:
+            x, residual = kernels.add_rms_norm(x, residual, norm.weight, norm.eps)
+        x = self.self_attn(x, cos_sin, metadata, attn_backend, kernels)
+        norm = self.post_attention_layernorm
+        x, residual = kernels.add_rms_norm(x, residual, norm.weight, norm.eps)
+        return self.mlp(x, kernels), residual
 
 
 class Qwen2VLTextModel(nn.Module):
@@ -99,6 +111,7 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         )
         self.rotary = MRotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.mrope_section)
         self.attn_backend = attn_backend or TorchPrefillAttention()
+        self.kernels = TorchKernels  # the small-op strategy (valora.layers.kernels)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -146,9 +159,11 @@ class Qwen2VLForConditionalGeneration(nn.Module):
             raise ValueError(f"positions must be [3, {input_ids.shape[0]}], got {positions.shape}")
         x = self.embed(input_ids, image_embeds, image_rows)
         cos_sin = self.rotary.cos_sin(positions, x.dtype)
+        residual = None
         for layer in self.model.layers:
-            x = layer(x, cos_sin, metadata, self.attn_backend)
-        return self.model.norm(x)
+            x, residual = layer(x, residual, cos_sin, metadata, self.attn_backend, self.kernels)
+        norm = self.model.norm
+        return self.kernels.add_rms_norm(x, residual, norm.weight, norm.eps)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[N, hidden] -> fp32 logits [N, vocab]."""
