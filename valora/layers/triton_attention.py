@@ -7,11 +7,13 @@ keys at positions <= its own, read through the block table. fp32 softmax and acc
 
 Paths (chosen once per call from the host tuples, no device->host sync):
 
-- decode (every query_len == 1): split-KV. Grid ``(B, Hkv, num_splits)``: one program per
-  sequence, KV head and range of ``split_len`` tokens; the whole GQA group of query heads is one
-  ``[BLOCK_H, D]`` tile, so each K/V tile is loaded once per group. Each program writes a partial
-  normalized output and its log2-sum-exp to fp32 scratch ``[B, Hq, num_splits, (D)]``; a reduce
-  kernel (grid ``(B, Hq)``) combines the valid splits of each sequence.
+- decode (every query_len == 1): split-KV. Grid ``(B, Hkv, num_splits)``, num_splits from the
+  batch shape alone (CUDA-graph safe): one program per sequence, KV head and range of that
+  sequence's ``_split_len`` tokens (context / num_splits, >= MIN_SPLIT); the whole GQA group of
+  query heads is one ``[BLOCK_H, D]`` tile, so each K/V tile is loaded once per group. Each
+  program writes a partial normalized output and its log2-sum-exp to fp32 scratch
+  ``[B, Hq, num_splits, (D)]``; a reduce kernel (grid ``(B, Hq)``) combines the valid splits of
+  each sequence.
 - extend (any query_len > 1; the whole batch, decode rows included): flash-attention style.
   Grid ``(B, Hq, cdiv(max_query_len, BLOCK_M))``: one program per tile of BLOCK_M new tokens of
   one sequence and one query head, looping over KV tiles up to the tile's causal limit. Tiles
@@ -46,6 +48,14 @@ def _kv_offsets(tables_ptr, pos, valid, kv_head, stride_b, stride_s, stride_h, B
 
 
 @triton.jit
+def _split_len(ctx, num_splits, MIN_SPLIT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Tokens per split of one sequence: ctx / num_splits, at least MIN_SPLIT, rounded up to a
+    multiple of BLOCK_N (only a split's last tile is ragged). Splits past ctx have no work."""
+    per_split = tl.maximum(tl.cdiv(ctx, num_splits), MIN_SPLIT)
+    return tl.cdiv(per_split, BLOCK_N) * BLOCK_N
+
+
+@triton.jit
 def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale):
     """One KV tile of flash attention: scores in log2 units, running max/sum/accumulator."""
     s = tl.dot(q, tl.trans(k.to(q.dtype)), input_precision="ieee") * qk_scale
@@ -63,14 +73,16 @@ def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, ctx_ptr, part_acc_ptr, part_lse_ptr,
     stride_qt, stride_qh, stride_kb, stride_ks, stride_kh, stride_tb,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh,
-    qk_scale, split_len,
+    qk_scale, num_splits,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    MIN_SPLIT: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     ctx = tl.load(ctx_ptr + seq)
+    split_len = _split_len(ctx, num_splits, MIN_SPLIT, BLOCK_N)
     start = split * split_len
     if start < ctx:
         end = tl.minimum(start + split_len, ctx)
@@ -107,12 +119,14 @@ def _decode_split_kernel(
 def _decode_reduce_kernel(
     part_acc_ptr, part_lse_ptr, ctx_ptr, out_ptr,
     stride_pb, stride_ph, stride_ps, stride_lb, stride_lh, stride_ot, stride_oh,
-    split_len,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    num_splits,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    MIN_SPLIT: tl.constexpr,
 ):  # fmt: skip
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    num_valid = tl.cdiv(tl.load(ctx_ptr + seq), split_len)  # >= 1: context_len >= 1
+    ctx = tl.load(ctx_ptr + seq)
+    num_valid = tl.cdiv(ctx, _split_len(ctx, num_splits, MIN_SPLIT, BLOCK_N))  # >= 1
     offs_d = tl.arange(0, BLOCK_D)
     mask_d = offs_d < HEAD_DIM
     m = float("-inf")
@@ -208,22 +222,25 @@ def _check_inputs(q, k_cache, v_cache, meta: PagedAttentionMetadata) -> None:
 
 def _tiles(device: torch.device, head_dim: int) -> dict[str, int]:
     """Tile sizes and launch options: GPU sizes for D <= 128, small ones for the interpreter."""
-    if device.type != "cuda":
-        return {"BLOCK_M": 16, "BLOCK_N": 16, "num_warps": 4, "num_stages": 1}
+    if device.type != "cuda":  # interpreter: tiny splits, so that small tests split
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "MIN_SPLIT": 16, "num_warps": 4, "num_stages": 1}
     if head_dim <= 128:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-    return {"BLOCK_M": 32, "BLOCK_N": 32, "num_warps": 4, "num_stages": 2}
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "MIN_SPLIT": _MIN_SPLIT_TOKENS, "num_warps": 4,
+                "num_stages": 2}  # fmt: skip
+    return {"BLOCK_M": 32, "BLOCK_N": 32, "MIN_SPLIT": _MIN_SPLIT_TOKENS, "num_warps": 4,
+            "num_stages": 2}  # fmt: skip
 
 
-def _num_kv_splits(batch: int, num_kv_heads: int, max_context_len: int, device) -> int:
-    """Enough (sequence, kv head, split) programs to fill the GPU twice, >= 256 tokens each."""
+def num_kv_splits_for(batch: int, num_kv_heads: int, device: torch.device) -> int:
+    """Decode splits per sequence: enough (sequence, kv head, split) programs to fill the GPU
+    twice. Depends on the batch shape only (not on context lengths), so a CUDA graph captured
+    for a batch size stays right for any lengths; short sequences use fewer splits
+    (``_split_len``)."""
     if device.type == "cuda":
         target = 2 * torch.cuda.get_device_properties(device).multi_processor_count
     else:
-        target = 1
-    by_occupancy = triton.cdiv(target, batch * num_kv_heads)
-    by_length = triton.cdiv(max_context_len, _MIN_SPLIT_TOKENS)
-    return max(1, min(by_occupancy, by_length, _MAX_SPLITS))
+        target = 4
+    return max(1, min(triton.cdiv(target, batch * num_kv_heads), _MAX_SPLITS))
 
 
 def paged_attention(
@@ -249,7 +266,7 @@ def paged_attention(
     if num_tokens == 0:
         return out
     batch = len(meta.query_lens)
-    max_query_len, max_context_len = max(meta.query_lens), max(meta.context_lens)
+    max_query_len = max(meta.query_lens)
     tiles = _tiles(q.device, head_dim)
     common = {
         "HEAD_DIM": head_dim,
@@ -262,17 +279,14 @@ def paged_attention(
     }
     args = (q, k_cache, v_cache, meta, scale * _LOG2E, out, common)
     if max_query_len == 1:
-        splits = num_kv_splits or _num_kv_splits(batch, num_kv_heads, max_context_len, q.device)
-        _launch_decode(*args, batch, max_context_len, splits)
+        splits = num_kv_splits or num_kv_splits_for(batch, num_kv_heads, q.device)
+        _launch_decode(*args, batch, splits, tiles["MIN_SPLIT"])
     else:
         _launch_extend(*args, batch, max_query_len, tiles["BLOCK_M"])
     return out
 
 
-def _launch_decode(q, k_cache, v_cache, meta, qk_scale, out, common, batch, max_ctx, splits):
-    # split_len: a multiple of BLOCK_N so that only a split's last tile is ragged
-    split_len = triton.cdiv(triton.cdiv(max_ctx, splits), common["BLOCK_N"]) * common["BLOCK_N"]
-    splits = triton.cdiv(max_ctx, split_len)
+def _launch_decode(q, k_cache, v_cache, meta, qk_scale, out, common, batch, splits, min_split):
     num_q_heads, head_dim = q.shape[1], q.shape[2]
     part_acc = torch.empty(
         batch, num_q_heads, splits, head_dim, dtype=torch.float32, device=q.device
@@ -283,12 +297,13 @@ def _launch_decode(q, k_cache, v_cache, meta, qk_scale, out, common, batch, max_
         q, k_cache, v_cache, meta.block_tables, meta.context_lens_tensor, part_acc, part_lse,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         meta.block_tables.stride(0), *part_acc.stride()[:3], *part_lse.stride()[:2],
-        qk_scale, split_len, BLOCK_H=block_h, **common,
+        qk_scale, splits, BLOCK_H=block_h, MIN_SPLIT=min_split, **common,
     )  # fmt: skip
     _decode_reduce_kernel[(batch, num_q_heads)](
         part_acc, part_lse, meta.context_lens_tensor, out,
-        *part_acc.stride()[:3], *part_lse.stride()[:2], out.stride(0), out.stride(1), split_len,
-        HEAD_DIM=head_dim, BLOCK_D=common["BLOCK_D"], num_warps=common["num_warps"],
+        *part_acc.stride()[:3], *part_lse.stride()[:2], out.stride(0), out.stride(1), splits,
+        HEAD_DIM=head_dim, BLOCK_D=common["BLOCK_D"], BLOCK_N=common["BLOCK_N"],
+        MIN_SPLIT=min_split, num_warps=common["num_warps"],
     )  # fmt: skip
 
 
