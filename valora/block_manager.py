@@ -28,11 +28,14 @@ class Sequence(Protocol):
     """What the block manager reads and writes on a request (``valora.request.Request``)."""
 
     block_table: list[int]
+    block_hashes: list[bytes]  # hash chain of the first full blocks (a cache; tokens never change)
     num_computed_tokens: int
     num_cached_tokens: int
 
     @property
-    def all_token_ids(self) -> list[int]: ...
+    def num_tokens(self) -> int: ...
+
+    def token_ids(self, start: int, end: int) -> list[int]: ...
 
     @property
     def cache_seed(self) -> tuple: ...
@@ -96,10 +99,10 @@ class BlockManager:
         """Attach the longest cached prefix of a request that holds no blocks yet; returns the
         number of tokens found (also set as ``num_computed_tokens``)."""
         assert not seq.block_table and seq.num_computed_tokens == 0
-        tokens = seq.all_token_ids
+        num_tokens = seq.num_tokens
         num_hit = 0
         if self.enable_prefix_caching:
-            max_blocks = (len(tokens) - 1) // self.block_size  # keep the last token to compute
+            max_blocks = (num_tokens - 1) // self.block_size  # keep the last token to compute
             for block_hash_value in self._prefix_hashes(seq, max_blocks):
                 block_id = self._block_of_hash.get(block_hash_value)
                 if block_id is None:
@@ -107,7 +110,7 @@ class BlockManager:
                 self._take(block_id)
                 seq.block_table.append(block_id)
             num_hit = len(seq.block_table) * self.block_size
-            self.stats.queries += len(tokens)
+            self.stats.queries += num_tokens
             self.stats.hits += num_hit
         seq.num_computed_tokens = seq.num_cached_tokens = num_hit
         return num_hit
@@ -120,12 +123,16 @@ class BlockManager:
         for _ in range(needed):
             seq.block_table.append(self._pop_free_block())
 
-    def cache_full_blocks(self, seq: Sequence, num_computed_tokens: int) -> None:
-        """Register the blocks completed by computing up to ``num_computed_tokens``."""
+    def cache_full_blocks(
+        self, seq: Sequence, num_computed_tokens: int, num_computed_before: int = 0
+    ) -> None:
+        """Register the blocks completed by computing tokens [num_computed_before,
+        num_computed_tokens) (blocks filled earlier were registered when they filled)."""
         if not self.enable_prefix_caching:
             return
         num_full = min(num_computed_tokens // self.block_size, len(seq.block_table))
-        for i, value in enumerate(self._prefix_hashes(seq, num_full)):
+        first = num_computed_before // self.block_size
+        for i, value in enumerate(self._prefix_hashes(seq, num_full)[first:], start=first):
             block_id = seq.block_table[i]
             if self._hash_of[block_id] is None and value not in self._block_of_hash:
                 self._hash_of[block_id] = value
@@ -152,13 +159,16 @@ class BlockManager:
         self._evictable.clear()
 
     # ---- internals ------------------------------------------------------------------------
-    def _prefix_hashes(self, seq: Sequence, num_blocks: int):
-        tokens, bs, parent = seq.all_token_ids, self.block_size, None
-        for i in range(num_blocks):
+    def _prefix_hashes(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        """Hashes of the first ``num_blocks`` full blocks; only blocks never hashed before are
+        hashed now (the chain is kept on the sequence)."""
+        hashes, bs = seq.block_hashes, self.block_size
+        for i in range(len(hashes), num_blocks):
             start, end = i * bs, (i + 1) * bs
+            parent = hashes[-1] if hashes else None
             extra = seq.image_hashes_in(start, end)
-            parent = block_hash(parent, tokens[start:end], extra, seq.cache_seed)
-            yield parent
+            hashes.append(block_hash(parent, seq.token_ids(start, end), extra, seq.cache_seed))
+        return hashes[:num_blocks]
 
     def _take(self, block_id: int) -> None:
         if self._ref[block_id] == 0:

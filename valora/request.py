@@ -38,7 +38,7 @@ class ImageSpan:
     index: int  # position of the image in the request's image list
 
 
-@dataclass
+@dataclass(eq=False)  # identity: requests are compared in scheduler lists every step
 class Request:
     request_id: str
     prompt_token_ids: list[int]
@@ -58,6 +58,7 @@ class Request:
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0  # prefix-cache hits at the last allocation
     block_table: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # prefix-cache hash chain (a cache)
     num_preemptions: int = 0
     first_token_time: float | None = None
     finish_time: float | None = None
@@ -74,6 +75,15 @@ class Request:
     @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        """Tokens [start, end) of prompt + output, without building the whole sequence."""
+        prompt_len = len(self.prompt_token_ids)
+        if start >= prompt_len:
+            return self.output_token_ids[start - prompt_len : end - prompt_len]
+        if end <= prompt_len:
+            return self.prompt_token_ids[start:end]
+        return self.prompt_token_ids[start:] + self.output_token_ids[: end - prompt_len]
 
     @property
     def num_uncomputed_tokens(self) -> int:

@@ -164,7 +164,9 @@ class Scheduler:
         ready = []
         for request, num in zip(out.requests, out.num_new_tokens):
             request.num_computed_tokens += num
-            bm.cache_full_blocks(request, request.num_computed_tokens)
+            bm.cache_full_blocks(
+                request, request.num_computed_tokens, request.num_computed_tokens - num
+            )
             if request.num_computed_tokens == request.num_tokens:
                 ready.append(request)
         return ready

@@ -18,10 +18,14 @@ class Seq:
     block_table: list[int] = field(default_factory=list)
     num_computed_tokens: int = 0
     num_cached_tokens: int = 0
+    block_hashes: list[bytes] = field(default_factory=list)
 
     @property
-    def all_token_ids(self) -> list[int]:
-        return self.tokens
+    def num_tokens(self) -> int:
+        return len(self.tokens)
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        return self.tokens[start:end]
 
     @property
     def cache_seed(self) -> tuple:
@@ -134,3 +138,23 @@ def test_decode_growth_allocates_one_block_at_a_time():
     assert len(seq.block_table) == 2
     seq.num_computed_tokens += 1
     bm.check_invariants()
+
+
+def test_blocks_filled_by_decode_are_cached_incrementally():
+    """Decode registers each block in the step that fills it; hashes are computed once."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    seq = Seq(list(range(3)))
+    run_prefill(bm, seq)
+    for token in range(100, 106):  # 6 decode steps: fills block 0 (at 4) and block 1 (at 8)
+        seq.tokens.append(token)
+        bm.append_slots(seq, 1)
+        before = seq.num_computed_tokens
+        seq.num_computed_tokens += 1
+        bm.cache_full_blocks(seq, seq.num_computed_tokens, before)
+        bm.check_invariants()
+    assert len(seq.block_hashes) == 2
+    twin = Seq(list(seq.tokens) + [7])
+    assert run_prefill(bm, twin) == 8  # both decode-filled blocks are hits
+    bm.free(seq)
+    bm.free(twin)
+    assert bm.all_free

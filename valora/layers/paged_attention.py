@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from valora.layers.attention import token_major_sdpa
@@ -40,21 +41,28 @@ class PagedAttentionMetadata:
     ) -> PagedAttentionMetadata:
         if any(q <= 0 or q > c for q, c in zip(query_lens, context_lens)):
             raise ValueError("each sequence needs 1 <= query_len <= context_len")
-        slots = []
-        for q, c, table in zip(query_lens, context_lens, block_tables):
-            for pos in range(c - q, c):
-                slots.append(table[pos // block_size] * block_size + pos % block_size)
-        width = max(1, max(len(t) for t in block_tables))
-        tables = [t + [0] * (width - len(t)) for t in block_tables]
-        starts = [0]
-        for q in query_lens:
-            starts.append(starts[-1] + q)
+        slots = slot_mapping(query_lens, context_lens, block_tables, block_size)
+        return cls.from_arrays(query_lens, context_lens, slots, padded_block_tables(block_tables),
+                               device)  # fmt: skip
+
+    @classmethod
+    def from_arrays(
+        cls,
+        query_lens: list[int],
+        context_lens: list[int],
+        slots: np.ndarray,
+        block_tables: np.ndarray,
+        device: torch.device | str,
+    ) -> PagedAttentionMetadata:
+        """From host arrays: slots [T] int64, block_tables [B, width] int32."""
+        starts = np.zeros(len(query_lens) + 1, dtype=np.int32)
+        np.cumsum(query_lens, out=starts[1:])
         return cls(
             query_lens=tuple(query_lens),
             context_lens=tuple(context_lens),
-            slot_mapping=torch.tensor(slots, dtype=torch.int64, device=device),
-            block_tables=torch.tensor(tables, dtype=torch.int32, device=device),
-            query_start=torch.tensor(starts, dtype=torch.int32, device=device),
+            slot_mapping=torch.from_numpy(slots).to(device),
+            block_tables=torch.from_numpy(block_tables).to(device),
+            query_start=torch.from_numpy(starts).to(device),
             context_lens_tensor=torch.tensor(context_lens, dtype=torch.int32, device=device),
         )
 
@@ -63,8 +71,37 @@ class PagedAttentionMetadata:
         return sum(self.query_lens)
 
 
+def slot_mapping(
+    query_lens: list[int], context_lens: list[int], block_tables: list[list[int]], block_size: int
+) -> np.ndarray:
+    """[sum(query_lens)] int64: the cache slot of each new token (positions c - q .. c - 1)."""
+    parts = []
+    for q, c, table in zip(query_lens, context_lens, block_tables):
+        if q == 1:  # decode: one slot, no array ops
+            pos = c - 1
+            parts.append((table[pos // block_size] * block_size + pos % block_size,))
+            continue
+        pos = np.arange(c - q, c)
+        parts.append(np.asarray(table, dtype=np.int64)[pos // block_size] * block_size
+                     + pos % block_size)  # fmt: skip
+    if all(len(p) == 1 for p in parts):
+        return np.array([p[0] for p in parts], dtype=np.int64)
+    return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+
+
+def padded_block_tables(block_tables: list[list[int]], width: int | None = None) -> np.ndarray:
+    """[B, width] int32 (default width: the longest table), padded with block 0."""
+    width = width or max(1, max(len(t) for t in block_tables))
+    out = np.zeros((len(block_tables), width), dtype=np.int32)
+    for row, table in zip(out, block_tables):
+        row[: len(table)] = table
+    return out
+
+
 class KVCache:
-    """Per-layer K and V block pools."""
+    """Per-layer K and V block pools of ``num_blocks`` blocks for the block manager, plus one
+    scratch block no sequence owns: padded rows of a CUDA-graph batch write their K/V to
+    ``scratch_slot`` and read only it, so padding never touches a sequence's cache."""
 
     def __init__(
         self,
@@ -76,11 +113,13 @@ class KVCache:
         dtype: torch.dtype,
         device: torch.device | str,
     ) -> None:
-        shape = (num_layers, num_blocks, block_size, num_kv_heads, head_dim)
+        shape = (num_layers, num_blocks + 1, block_size, num_kv_heads, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
         self.num_blocks = num_blocks
+        self.scratch_block = num_blocks
+        self.scratch_slot = num_blocks * block_size
 
     @staticmethod
     def bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype) -> int:

@@ -1,0 +1,66 @@
+"""One step's flattened batch on the host, and the eager forward over it.
+
+``StepBatch`` is what the model runner prepares from a ``SchedulerOutput``: host arrays (token
+ids, M-RoPE positions, cache slots, block tables) plus the image embeddings of the step. A
+forward strategy turns it into the logits of the rows that sample: ``EagerForward`` here (any
+batch), ``GraphForward`` in ``valora.cuda_graphs`` (replays captured decode graphs, eager for
+the rest).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from valora.layers.paged_attention import PagedAttentionMetadata
+from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from valora.request import Request
+
+
+@dataclass
+class StepBatch:
+    input_ids: np.ndarray  # [T] int64
+    positions: np.ndarray  # [3, T] int64
+    query_lens: list[int]  # new tokens per sequence
+    context_lens: list[int]  # KV tokens per sequence after this step
+    slot_mapping: np.ndarray  # [T] int64
+    block_tables: np.ndarray  # [B, width] int32, padded with block 0
+    image_embeds: torch.Tensor | None  # [len(image_rows), hidden] on the model's device
+    image_rows: list[int]  # rows of the batch that take image embeddings, in order
+    sample_rows: list[int]  # last row of each request that samples this step
+    sample_requests: list[Request]
+
+    @property
+    def num_seqs(self) -> int:
+        return len(self.query_lens)
+
+    @property
+    def is_decode(self) -> bool:
+        """One new token per sequence, no image rows, every sequence samples."""
+        return len(self.input_ids) == self.num_seqs and not self.image_rows
+
+
+class EagerForward:
+    """Runs the model on any StepBatch; returns logits [len(sample_rows), V] fp32 (None when no
+    row samples)."""
+
+    def __init__(self, model: Qwen2VLForConditionalGeneration) -> None:
+        self.model = model
+
+    def __call__(self, batch: StepBatch) -> torch.Tensor | None:
+        device = self.model.device
+        meta = PagedAttentionMetadata.from_arrays(
+            batch.query_lens, batch.context_lens, batch.slot_mapping, batch.block_tables, device
+        )
+        hidden = self.model(
+            torch.from_numpy(batch.input_ids).to(device),
+            torch.from_numpy(batch.positions).to(device),
+            meta,
+            batch.image_embeds,
+            torch.tensor(batch.image_rows, dtype=torch.long, device=device),
+        )
+        if not batch.sample_rows:
+            return None
+        return self.model.compute_logits(hidden[batch.sample_rows])
