@@ -37,6 +37,63 @@ def copy_bandwidth(num_bytes: int = 1 << 30) -> float:
     return 2 * num_bytes * 10 / (time.perf_counter() - start)
 
 
+def decode_weight_bytes(llm: LLM) -> int:
+    """Language-model weight bytes one decode step reads: every text weight except the input
+    embedding table, of which only B rows are read (a tied table is read whole, as the head)."""
+    model = llm.engine.model
+    total = 0
+    for name, p in model.named_parameters():
+        if name.startswith("visual.") or (
+            name == "model.embed_tokens.weight" and model.lm_head is not None
+        ):
+            continue
+        total += p.numel() * p.element_size()
+    return total
+
+
+def profile_decode(llm: LLM, batch: int, prompt_len: int, steps: int = 16) -> dict:
+    """GPU kernel time per decode step (torch.profiler) next to the wall time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    gen = torch.Generator().manual_seed(1234)
+    prompts = [torch.randint(0, 150000, (prompt_len,), generator=gen).tolist()
+               for _ in range(batch)]  # fmt: skip
+    engine = llm.engine
+    for i, prompt in enumerate(prompts):
+        engine.add_request(f"profile-{i}", prompt, SamplingParams(max_tokens=steps + 2,
+                                                                 ignore_eos=True))  # fmt: skip
+    engine.step()  # prefill
+    engine.step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            engine.step()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / steps
+    while engine.has_unfinished():
+        engine.step()
+    kernels = [
+        e for e in prof.key_averages() if _device_time(e) > 0 and e.device_type.name == "CUDA"
+    ]
+    kernels.sort(key=_device_time, reverse=True)
+    gpu_us = sum(_device_time(e) for e in kernels) / steps
+    return {
+        "batch": batch,
+        "wall_ms_per_step": wall * 1e3,
+        "gpu_kernel_ms_per_step": gpu_us / 1e3,
+        "top_kernels_us_per_step": {e.key[:90]: _device_time(e) / steps for e in kernels[:15]},
+    }
+
+
+def _is_kernel(event) -> bool:
+    return str(event.device_type).endswith("CUDA") and _device_time(event) > 0
+
+
+def _device_time(event) -> float:
+    return getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
+
+
 def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int) -> dict:
     gen = torch.Generator().manual_seed(batch)
     prompts = [
@@ -97,16 +154,19 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=256)
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results/engine.json")
+    parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument("--profile-batch", type=int, default=32,
+                        help="batch whose decode steps are profiled (0: none)")  # fmt: skip
     args = parser.parse_args()
 
     max_tokens = max(args.batch_sizes) * (args.prompt_len + args.output_len)
-    llm = LLM(args.model_setting, device="cuda", dtype="bfloat16", num_token=max_tokens + 4096)
+    start = time.perf_counter()
+    llm = LLM(args.model_setting, device="cuda", dtype="bfloat16", num_token=max_tokens + 4096,
+              max_num_seqs=max(args.batch_sizes), enforce_eager=args.enforce_eager)  # fmt: skip
+    startup_s = time.perf_counter() - start
     cfg = llm.engine.model_config
     bandwidth = copy_bandwidth()
-    text_params = sum(
-        p.numel() for n, p in llm.engine.model.named_parameters() if not n.startswith("visual.")
-    )
-    weight_bytes = 2 * text_params
+    weight_bytes = decode_weight_bytes(llm)
     kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
     rows = []
     for batch in args.batch_sizes:
@@ -122,6 +182,10 @@ def main() -> None:
             )
         print(json.dumps(row), flush=True)
         rows.append(row)
+    profile = None
+    if args.profile_batch:
+        profile = profile_decode(llm, args.profile_batch, args.prompt_len)
+        print(json.dumps(profile)[:2000], flush=True)
     record = {
         "benchmark": "engine_decode",
         "gpu": torch.cuda.get_device_name(),
@@ -129,8 +193,12 @@ def main() -> None:
         "command": " ".join([sys.executable, *sys.argv]),
         "model_setting": args.model_setting,
         "copy_bandwidth_GBps": bandwidth / 1e9,
-        "lm_weight_bytes": weight_bytes,
+        "lm_weight_bytes_read_per_step": weight_bytes,
+        "kv_bytes_per_token": kv_per_token,
+        "cuda_graphs": not args.enforce_eager,
+        "startup_s": startup_s,
         "results": rows,
+        "decode_profile": profile,
     }
     with open(args.out, "w") as f:
         json.dump(record, f, indent=2)

@@ -14,6 +14,8 @@ import torch
 
 from valora.block_manager import BlockManager
 from valora.config import ModelConfig, is_model_setting
+from valora.cuda_graphs import DecodeGraphs, GraphForward
+from valora.forward import EagerForward
 from valora.inputs import PromptType, build_request
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner, SampledToken
@@ -35,6 +37,7 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     scheduler: SchedulerConfig = SchedulerConfig()
     seed: int = 0  # dummy-weight seed
+    enforce_eager: bool = False  # True: no CUDA graphs for decode steps
 
 
 class LLMEngine:
@@ -60,10 +63,20 @@ class LLMEngine:
             enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
         )
         self.scheduler = Scheduler(sched_cfg, self.block_manager)
-        self.runner = ModelRunner(self.model, kv_cache)
+        self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache))
         self._detokenizers: dict[str, IncrementalDetokenizer] = {}
         self._texts: dict[str, str] = {}
         self._requests: dict[str, Request] = {}
+
+    def _forward_strategy(self, kv_cache: KVCache):
+        """Captured decode graphs on CUDA (unless enforce_eager), eager forwards otherwise."""
+        eager = EagerForward(self.model)
+        if not self.config.device.startswith("cuda") or self.config.enforce_eager:
+            return eager
+        max_seqs = self.scheduler.config.max_num_seqs
+        graphs = DecodeGraphs(self.model, kv_cache, max_seqs, self.scheduler.config.max_model_len)
+        graphs.capture()
+        return GraphForward(graphs, eager)
 
     def _num_kv_blocks(self) -> int:
         cfg, c = self.model_config, self.config
@@ -75,7 +88,7 @@ class LLMEngine:
         per_token = KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
                                             cfg.head_dim, c.dtype)  # fmt: skip
         usable = total * c.gpu_memory_utilization - (total - free) - (1 << 30)  # 1 GiB headroom
-        return max(1, int(usable // (per_token * c.block_size)))
+        return max(1, int(usable // (per_token * c.block_size)) - 1)  # - the scratch block
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(

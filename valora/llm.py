@@ -36,6 +36,7 @@ class LLM:
         lora_modules: dict[str, str] | None = None,
         max_lora_rank: int = 64,
         seed: int = 0,
+        enforce_eager: bool = False,
     ) -> None:
         if lora_modules:
             raise ValueError("LoRA adapters are not supported by this build yet")
@@ -56,6 +57,7 @@ class LLM:
                 enable_prefix_caching,
                 scheduler,
                 seed,
+                enforce_eager,
             )  # fmt: skip
         )
         self.max_lora_rank = max_lora_rank

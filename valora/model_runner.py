@@ -9,12 +9,14 @@ embedding rows that fall in the chunk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from valora.layers.paged_attention import KVCache, PagedAttentionMetadata
+from valora.forward import EagerForward, StepBatch
+from valora.layers.paged_attention import KVCache, padded_block_tables, slot_mapping
 from valora.layers.sampler import Sampler, SamplingBatch
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.request import Request
@@ -26,17 +28,6 @@ class SampledToken:
     token_id: int
     logprob: float
     top_logprobs: dict[int, float] | None
-
-
-@dataclass
-class ForwardBatch:
-    input_ids: torch.Tensor  # [T]
-    positions: torch.Tensor  # [3, T]
-    metadata: PagedAttentionMetadata
-    image_embeds: torch.Tensor | None  # [num_image_rows, hidden]
-    image_rows: torch.Tensor  # [num_image_rows] rows of the batch that take image embeddings
-    sample_rows: list[int]  # last row of each request that samples this step
-    sample_requests: list[Request]
 
 
 def token_positions(request: Request, start: int, end: int) -> np.ndarray:
@@ -57,15 +48,20 @@ def image_rows_before(request: Request, position: int) -> int:
 
 
 class ModelRunner:
+    """``forward`` is the forward strategy (``EagerForward``, or ``GraphForward`` on CUDA),
+    chosen once by the engine."""
+
     def __init__(
         self,
         model: Qwen2VLForConditionalGeneration,
         kv_cache: KVCache,
         sampler: Sampler | None = None,
+        forward: Callable[[StepBatch], torch.Tensor | None] | None = None,
     ) -> None:
         self.model = model
         self.kv_cache = kv_cache
         self.sampler = sampler or Sampler()
+        self.forward = forward or EagerForward(model)
         self.device = model.device
         self._encoder_cache: dict[str, torch.Tensor] = {}  # request id -> [rows, hidden]
         self._generators: dict[str, torch.Generator] = {}
@@ -73,47 +69,53 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> dict[str, SampledToken]:
         batch = self.prepare(sched)
-        hidden = self.model(
-            batch.input_ids, batch.positions, batch.metadata, batch.image_embeds, batch.image_rows
-        )
-        if not batch.sample_rows:
+        logits = self.forward(batch)
+        if logits is None:
             return {}
-        logits = self.model.compute_logits(hidden[batch.sample_rows])
         return self._sample(logits, batch.sample_requests)
 
-    def prepare(self, sched: SchedulerOutput) -> ForwardBatch:
-        ids, positions, image_rows, embeds, sample_rows, sample_requests = [], [], [], [], [], []
+    def prepare(self, sched: SchedulerOutput) -> StepBatch:
+        num_tokens = sched.num_batched_tokens
+        ids: list[int] = []
+        positions = np.empty((3, num_tokens), dtype=np.int64)
+        context_lens, image_rows, embeds, sample_rows, sample_requests = [], [], [], [], []
         row = 0
         for request, num in zip(sched.requests, sched.num_new_tokens):
             start, end = request.num_computed_tokens, request.num_computed_tokens + num
-            ids.extend(request.all_token_ids[start:end])
-            positions.append(token_positions(request, start, end))
-            first, last = image_rows_before(request, start), image_rows_before(request, end)
-            if last > first:
-                embeds.append(self._image_embeds(request)[first:last])
-                image_rows.extend(row + o for o in self._image_offsets(request, start, end))
+            context_lens.append(end)
+            ids.extend(request.token_ids(start, end))
+            if start >= request.num_prompt_tokens:  # generated tokens: text positions
+                positions[:, row : row + num] = np.arange(start, end) + request.rope_delta
+            else:
+                positions[:, row : row + num] = token_positions(request, start, end)
+                self._add_image_rows(request, start, end, row, image_rows, embeds)
             row += num
             if end == request.num_tokens:
                 sample_rows.append(row - 1)
                 sample_requests.append(request)
             if end >= request.num_prompt_tokens:
                 self._encoder_cache.pop(request.request_id, None)
-        meta = PagedAttentionMetadata.build(
-            list(sched.num_new_tokens),
-            [r.num_computed_tokens + n for r, n in zip(sched.requests, sched.num_new_tokens)],
-            [r.block_table for r in sched.requests],
-            self.kv_cache.block_size,
-            self.device,
-        )
-        return ForwardBatch(
-            input_ids=torch.tensor(ids, dtype=torch.long, device=self.device),
-            positions=torch.from_numpy(np.concatenate(positions, axis=1)).to(self.device),
-            metadata=meta,
+        tables = [r.block_table for r in sched.requests]
+        query_lens = list(sched.num_new_tokens)
+        return StepBatch(
+            input_ids=np.asarray(ids, dtype=np.int64),
+            positions=positions,
+            query_lens=query_lens,
+            context_lens=context_lens,
+            slot_mapping=slot_mapping(query_lens, context_lens, tables, self.kv_cache.block_size),
+            block_tables=padded_block_tables(tables),
             image_embeds=torch.cat(embeds) if embeds else None,
-            image_rows=torch.tensor(image_rows, dtype=torch.long, device=self.device),
+            image_rows=image_rows,
             sample_rows=sample_rows,
             sample_requests=sample_requests,
         )
+
+    def _add_image_rows(self, request, start, end, row, image_rows, embeds) -> None:
+        """Append the image embeddings of prompt tokens [start, end) and their batch rows."""
+        first, last = image_rows_before(request, start), image_rows_before(request, end)
+        if last > first:
+            embeds.append(self._image_embeds(request)[first:last])
+            image_rows.extend(row + o for o in self._image_offsets(request, start, end))
 
     @staticmethod
     def _image_offsets(request: Request, start: int, end: int) -> list[int]:

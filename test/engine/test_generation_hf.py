@@ -88,6 +88,28 @@ def test_greedy_matches_transformers_generate(checkpoint, hf_tokens, options):
     assert_no_leaks(llm)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "options",
+    [
+        {},  # 3 decoding requests: the graph of size 4 with one padded row
+        {"enforce_eager": True},
+        {"max_num_batched_tokens": 7, "block_size": 4},
+        {"num_token": 80, "block_size": 4},
+    ],
+    ids=["graphs", "eager", "chunked-prefill", "preemption"],
+)
+def test_gpu_greedy_matches_transformers_generate(checkpoint, hf_tokens, options):
+    """The GPU path (Triton kernels, CUDA graphs) in fp32 against the CPU reference tokens."""
+    _, path = checkpoint
+    llm = LLM(path, device="cuda", dtype="float32", max_num_seqs=8, **options)
+    assert llm.engine.model.kernels.name == "triton"
+    outputs = llm.generate(engine_prompts(llm), GREEDY, use_tqdm=False)
+    for name, out in zip(CONVERSATIONS, outputs):
+        assert out.outputs[0].token_ids == hf_tokens[name], name
+    assert_no_leaks(llm)
+
+
 def test_shared_system_prompt_hits_the_cache(checkpoint):
     _, path = checkpoint
     llm = LLM(path, device="cpu", block_size=4)

@@ -1,0 +1,53 @@
+"""CUDA-graph decode against the eager forward on the same decode batch (GPU only).
+
+bf16 on qwen2-vl-2b dims with dummy weights: batches that fill a captured size exactly and
+batches padded up to one; the logits of the real rows must match the eager forward (same
+kernels; only the GEMM row count differs), and the padded rows must leave the cache alone.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from valora.cuda_graphs import GraphForward, capture_sizes
+from valora.forward import EagerForward
+from valora.llm import LLM
+from valora.sampling_params import SamplingParams
+
+
+def test_capture_sizes():
+    assert capture_sizes(1) == [1]
+    assert capture_sizes(40) == [1, 2, 4, 8, 16, 32, 40]
+    assert capture_sizes(256)[-3:] == [224, 240, 256]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("num_seqs", [1, 3, 16, 17, 40])
+def test_graph_logits_match_eager(num_seqs):
+    llm = LLM("qwen2-vl-2b", device="cuda", dtype="bfloat16", num_token=40 * 600,
+              max_num_seqs=40, max_model_len=4096)  # fmt: skip
+    engine = llm.engine
+    assert isinstance(engine.runner.forward, GraphForward)
+    gen = torch.Generator().manual_seed(num_seqs)
+    for i in range(num_seqs):
+        length = int(torch.randint(5, 500, (1,), generator=gen))
+        prompt = torch.randint(0, 150000, (length,), generator=gen).tolist()
+        engine.add_request(str(i), prompt, SamplingParams(max_tokens=20, ignore_eos=True))
+    engine.step()  # every prefill in one step (budget 8192)
+    engine.step()  # the first decode step
+    sched = engine.scheduler.schedule()
+    batch = engine.runner.prepare(sched)
+    assert batch.is_decode and batch.num_seqs == num_seqs
+    k_before = engine.runner.kv_cache.k[:, : engine.block_manager.num_blocks].clone()
+    with torch.inference_mode():
+        graph_logits = engine.runner.forward(batch).clone()
+        eager_logits = EagerForward(engine.model)(batch)
+    assert graph_logits.shape == eager_logits.shape == (num_seqs, engine.model_config.vocab_size)
+    scale = eager_logits.abs().max()
+    torch.testing.assert_close(graph_logits / scale, eager_logits / scale, atol=2e-2, rtol=0)
+    # only the slots of this step's tokens changed in the sequences' blocks
+    k_after = engine.runner.kv_cache.k[:, : engine.block_manager.num_blocks]
+    changed = (k_after != k_before).flatten(2).any(-1).any(0).nonzero()  # [n, 2] (block, offset)
+    slots = {int(b) * engine.config.block_size + int(o) for b, o in changed}
+    assert slots <= set(batch.slot_mapping.tolist())
