@@ -48,6 +48,6 @@ def test_graph_logits_match_eager(num_seqs):
     torch.testing.assert_close(graph_logits / scale, eager_logits / scale, atol=2e-2, rtol=0)
     # only the slots of this step's tokens changed in the sequences' blocks
     k_after = engine.runner.kv_cache.k[:, : engine.block_manager.num_blocks]
-    changed = (k_after != k_before).flatten(2).any(-1).any(0).nonzero()  # [n, 2] (block, offset)
+    changed = (k_after != k_before).flatten(3).any(-1).any(0).nonzero()  # [n, 2] (block, offset)
     slots = {int(b) * engine.config.block_size + int(o) for b, o in changed}
     assert slots <= set(batch.slot_mapping.tolist())
