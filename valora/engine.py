@@ -1,8 +1,8 @@
 """LLMEngine: ``add_request`` / ``abort`` / ``step`` over the scheduler and the model runner.
 
 One step: the scheduler picks the batch, the runner computes it and samples, the scheduler
-advances; then each request that got a token is detokenized incrementally and checked against
-its stop conditions (eos, stop token ids, stop strings, max_tokens, context length).
+advances; then the output processor records each request's token, detokenizes it, checks the
+stop rules and builds the step's outputs (``valora.output_processor``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from valora.cuda_graphs import DecodeGraphs, GraphForward
 from valora.forward import EagerForward
 from valora.inputs import PromptType, build_request
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
-from valora.model_runner import ModelRunner, SampledToken
-from valora.request import CompletionOutput, Request, RequestOutput, RequestStatus
+from valora.model_runner import ModelRunner
+from valora.output_processor import OutputProcessor, SampledToken
+from valora.request import Request, RequestOutput, RequestStatus
 from valora.sampling_params import SamplingParams
 from valora.scheduler import Scheduler, SchedulerConfig
-from valora.tokenizer import IncrementalDetokenizer, Tokenizer
+from valora.tokenizer import Tokenizer
 from valora.weights import load_model
 
 
@@ -64,9 +65,8 @@ class LLMEngine:
         )
         self.scheduler = Scheduler(sched_cfg, self.block_manager)
         self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache))
-        self._detokenizers: dict[str, IncrementalDetokenizer] = {}
-        self._texts: dict[str, str] = {}
-        self._requests: dict[str, Request] = {}
+        self.outputs = OutputProcessor(self.tokenizer, max_len)
+        self._requests: dict[str, Request] = {}  # unfinished requests by id
 
     def _forward_strategy(self, kv_cache: KVCache):
         """Captured decode graphs on CUDA (unless enforce_eager), eager forwards otherwise."""
@@ -112,10 +112,7 @@ class LLMEngine:
             )
         self.scheduler.add_request(request)
         self._requests[request_id] = request
-        self._detokenizers[request_id] = IncrementalDetokenizer(
-            self.tokenizer, params.skip_special_tokens
-        )
-        self._texts[request_id] = ""
+        self.outputs.add(request)
         return request
 
     def abort(self, request_id: str) -> bool:
@@ -123,7 +120,7 @@ class LLMEngine:
         if request is None or request.is_finished:
             return False
         self._finish(request, RequestStatus.FINISHED_ABORTED)
-        self._output(request)  # drops the per-request state
+        self.outputs.output(request)  # drops the per-request state
         return True
 
     def has_unfinished(self) -> bool:
@@ -136,83 +133,22 @@ class LLMEngine:
             return []
         sampled = self.runner.execute(sched)
         ready = self.scheduler.update(sched)
-        return [self._append(request, sampled[request.request_id]) for request in ready]
+        outputs = (self._append(request, sampled[request.request_id]) for request in ready)
+        return [out for out in outputs if out is not None]
 
-    def _append(self, request: Request, token: SampledToken) -> RequestOutput:
-        now = time.monotonic()
-        request.first_token_time = request.first_token_time or now
-        request.output_token_ids.append(token.token_id)
-        if request.sampling_params.logprobs is not None:
-            top = dict(token.top_logprobs or {})
-            top[token.token_id] = token.logprob
-            request.output_logprobs.append(top)
-        piece = self._detokenizers[request.request_id].step(token.token_id)
-        self._texts[request.request_id] += piece
-        status = self._stop_status(request)
+    def _append(self, request: Request, token: SampledToken) -> RequestOutput | None:
+        request.first_token_time = request.first_token_time or time.monotonic()
+        status = self.outputs.append(request, token)
         if status is not None:
             self._finish(request, status)
-        return self._output(request)
-
-    def _stop_status(self, request: Request) -> RequestStatus | None:
-        params, token = request.sampling_params, request.output_token_ids[-1]
-        num_out = len(request.output_token_ids)
-        if num_out >= params.min_tokens:
-            if token in params.stop_token_ids or (
-                not params.ignore_eos and token in request.eos_token_ids
-            ):
-                request.stop_reason = token if token in params.stop_token_ids else None
-                return RequestStatus.FINISHED_STOPPED
-            if params.stop and self._truncate_at_stop_string(request):
-                return RequestStatus.FINISHED_STOPPED
-        if params.max_tokens is not None and num_out >= params.max_tokens:
-            return RequestStatus.FINISHED_LENGTH
-        if request.num_tokens >= self.scheduler.config.max_model_len:
-            return RequestStatus.FINISHED_LENGTH
-        return None
-
-    def _truncate_at_stop_string(self, request: Request) -> bool:
-        text = self._texts[request.request_id]
-        for stop in request.sampling_params.stop:
-            index = text.find(stop)
-            if index >= 0:
-                self._texts[request.request_id] = text[:index]
-                request.stop_reason = stop
-                return True
-        return False
+        return self.outputs.output(request)
 
     def _finish(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish(request, status)
         self.runner.release(request.request_id)
+        self._requests.pop(request.request_id, None)
         request.finish_time = time.monotonic()
-        if status is not RequestStatus.FINISHED_STOPPED or not request.sampling_params.stop:
-            self._texts[request.request_id] += self._detokenizers[request.request_id].finish()
-
-    def _output(self, request: Request) -> RequestOutput:
-        finished = request.is_finished
-        text = self._texts[request.request_id]
-        if finished:  # forget per-request state; the output carries everything
-            self._requests.pop(request.request_id, None)
-            self._detokenizers.pop(request.request_id, None)
-            self._texts.pop(request.request_id, None)
-        completion = CompletionOutput(
-            index=0,
-            text=text,
-            token_ids=list(request.output_token_ids),
-            logprobs=list(request.output_logprobs) if request.sampling_params.logprobs is not None
-            else None,
-            finish_reason=request.status.value if finished else None,
-            stop_reason=request.stop_reason,
-        )  # fmt: skip
-        return RequestOutput(
-            request_id=request.request_id,
-            prompt_token_ids=request.prompt_token_ids,
-            outputs=[completion],
-            finished=finished,
-            arrival_time=request.arrival_time,
-            first_token_time=request.first_token_time,
-            finish_time=request.finish_time,
-            num_cached_tokens=request.num_cached_tokens,
-        )
+        self.outputs.finish(request)
 
 
 def _attention_backend(kv_cache: KVCache, device: str):

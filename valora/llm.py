@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
@@ -10,7 +11,7 @@ from tqdm import tqdm
 from valora.engine import EngineConfig, LLMEngine
 from valora.inputs import PromptType
 from valora.request import RequestOutput
-from valora.sampling_params import SamplingParams
+from valora.sampling_params import RequestOutputKind, SamplingParams
 from valora.scheduler import SchedulerConfig
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -79,7 +80,10 @@ class LLM:
             isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
         ):
             prompts = [prompts]
-        params = _per_prompt(sampling_params or SamplingParams(), len(prompts))
+        params = [
+            replace(p, output_kind=RequestOutputKind.FINAL_ONLY)  # no per-step outputs
+            for p in _per_prompt(sampling_params or SamplingParams(), len(prompts))
+        ]
         adapters = _per_prompt(lora, len(prompts))
         if any(a is not None for a in adapters):
             raise ValueError(f"unknown adapter {next(a for a in adapters if a)!r}")

@@ -10,7 +10,6 @@ embedding rows that fall in the chunk.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,15 +18,9 @@ from valora.forward import EagerForward, StepBatch
 from valora.layers.paged_attention import KVCache, padded_block_tables, slot_mapping
 from valora.layers.sampler import Sampler, SamplingBatch
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from valora.output_processor import SampledToken
 from valora.request import Request
 from valora.scheduler import SchedulerOutput
-
-
-@dataclass
-class SampledToken:
-    token_id: int
-    logprob: float
-    top_logprobs: dict[int, float] | None
 
 
 def token_positions(request: Request, start: int, end: int) -> np.ndarray:
@@ -146,7 +139,9 @@ class ModelRunner:
             self.device,
         )
         out = self.sampler(logits, batch)
-        token_ids, logprobs = out.token_ids.tolist(), out.logprobs.tolist()
+        # one device->host copy for both (token ids < 2^53 are exact in float64)
+        packed = torch.cat((out.token_ids.double(), out.logprobs.double())).tolist()
+        token_ids, logprobs = [int(t) for t in packed[: len(requests)]], packed[len(requests) :]
         top_ids = None if out.top_logprob_ids is None else out.top_logprob_ids.tolist()
         top_vals = None if out.top_logprobs is None else out.top_logprobs.tolist()
         results = {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import NoReturn
 
 MAX_LOGPROBS = 20
@@ -22,6 +23,14 @@ def _is_int(x: object) -> bool:
 
 def _is_number(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+class RequestOutputKind(Enum):
+    """What the engine reports for a request after each step (vLLM's kinds)."""
+
+    CUMULATIVE = "cumulative"  # every step: all text and tokens so far
+    DELTA = "delta"  # every step: only what is new (text held back while it may start a stop)
+    FINAL_ONLY = "final_only"  # one output, when the request finishes
 
 
 @dataclass
@@ -56,6 +65,7 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None
     skip_special_tokens: bool = True
+    output_kind: RequestOutputKind = RequestOutputKind.CUMULATIVE
 
     def __post_init__(self) -> None:
         if self.stop is None:
@@ -93,6 +103,8 @@ class SamplingParams:
             not _is_int(self.logprobs) or not 0 <= self.logprobs <= MAX_LOGPROBS
         ):
             _fail("logprobs", f"None or an int in [0, {MAX_LOGPROBS}]", self.logprobs)
+        if not isinstance(self.output_kind, RequestOutputKind):
+            _fail("output_kind", "a RequestOutputKind", self.output_kind)
 
     @property
     def is_greedy(self) -> bool:

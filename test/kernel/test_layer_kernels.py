@@ -138,3 +138,23 @@ def test_tiny_model_same_hidden_states_with_either_strategy():
     want = model(ids, positions, meta)
     model.kernels = TritonKernels
     torch.testing.assert_close(model(ids, positions, meta), want, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", SMALL_DTYPES)
+def test_write_kv_cache_matches_torch_write(dtype):
+    """Strided k/v (views into a fused qkv output) into a paged layer; other slots untouched."""
+    from valora.layers.paged_attention import KVCache
+    from valora.layers.triton_kernels import write_kv_cache
+
+    num_tokens, hkv, d = 5, 2, 24
+    qkv = _randn(num_tokens, 4 * d + 2 * hkv * d, dtype=dtype, seed=3)
+    k = qkv[:, 4 * d : 4 * d + hkv * d].view(num_tokens, hkv, d)
+    v = qkv[:, 4 * d + hkv * d :].view(num_tokens, hkv, d)
+    slots = torch.tensor([3, 17, 0, 9, 30], device=DEVICE)
+    want, got = (KVCache(1, 8, 4, hkv, d, dtype, DEVICE) for _ in range(2))
+    for cache in (want, got):
+        cache.k.copy_(_randn(*cache.k.shape, dtype=dtype, seed=4))
+        cache.v.copy_(_randn(*cache.v.shape, dtype=dtype, seed=5))
+    want.write(0, k, v, slots)
+    write_kv_cache(k, v, got.k[0], got.v[0], slots)
+    assert torch.equal(got.k, want.k) and torch.equal(got.v, want.v)

@@ -46,7 +46,7 @@ class SamplingBatch:
 
     num_rows: int
     vocab_size: int
-    greedy: torch.Tensor  # [B] bool
+    greedy: torch.Tensor | None  # [B] bool; None unless the batch mixes greedy and random rows
     num_greedy: int
     temperature: torch.Tensor | None  # [B, 1] fp32, >= 1e-6
     top_k: torch.Tensor | None  # [B] int64 in [1, V]; V = disabled
@@ -90,7 +90,7 @@ class SamplingBatch:
         return SamplingBatch(
             num_rows=n,
             vocab_size=vocab_size,
-            greedy=rows(greedy, torch.bool),
+            greedy=rows(greedy, torch.bool) if 0 < sum(greedy) < n else None,
             num_greedy=sum(greedy),
             temperature=rows(temps)[:, None] if any(t != 1.0 for t in temps) else None,
             top_k=rows(top_ks, torch.int64) if any(k < vocab_size for k in top_ks) else None,

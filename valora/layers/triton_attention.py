@@ -34,9 +34,10 @@ import triton
 import triton.language as tl
 
 from valora.layers.paged_attention import KVCache, PagedAttentionMetadata
+from valora.layers.triton_kernels import write_kv_cache
 
 _LOG2E = 1.4426950408889634
-_MIN_SPLIT_TOKENS = 256  # fewer tokens per split than this is not worth a reduce
+_MIN_SPLIT_TOKENS = 128  # fewer tokens per split than this is not worth a reduce
 _MAX_SPLITS = 32
 
 
@@ -326,7 +327,7 @@ class TritonPagedAttention:
 
     def __call__(self, layer_id, q, k, v, meta: PagedAttentionMetadata) -> torch.Tensor:
         """q [T, Hq, D], k/v [T, Hkv, D] -> [T, Hq * D]."""
-        self.kv_cache.write(layer_id, k, v, meta.slot_mapping)
-        scale = q.shape[-1] ** -0.5
         k_cache, v_cache = self.kv_cache.k[layer_id], self.kv_cache.v[layer_id]
+        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
+        scale = q.shape[-1] ** -0.5
         return paged_attention(q, k_cache, v_cache, meta, scale).flatten(1)

@@ -1,4 +1,5 @@
-"""Triton versions of the decoder layer's small ops (semantics: ``valora.layers.kernels``).
+"""Triton versions of the decoder layer's small ops (semantics: ``valora.layers.kernels``) and
+the paged KV-cache write (semantics: ``KVCache.write``).
 
 Each op is one launch with one program per token row (silu_and_mul: per row and column tile).
 Intermediates that the torch reference materialises in the model dtype are rounded to that dtype
@@ -103,6 +104,48 @@ def _rotary_kernel(
                   HALF, BLOCK_H, BLOCK_HALF)  # fmt: skip
     _rotate_heads(k_ptr + t * stride_kt, stride_kh, num_kv_heads, c1, c2, s1, s2,
                   HALF, BLOCK_H, BLOCK_HALF)  # fmt: skip
+
+
+@triton.jit
+def _write_kv_kernel(
+    k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
+    stride_kt, stride_vt, stride_cache_slot, row_len,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    t = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slots_ptr + t).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    for start in range(0, row_len, BLOCK):
+        mask = start + offs < row_len
+        k = tl.load(k_ptr + t * stride_kt + start + offs, mask=mask)
+        v = tl.load(v_ptr + t * stride_vt + start + offs, mask=mask)
+        dst = slot * stride_cache_slot + start + offs
+        tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
+        tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+
+
+def write_kv_cache(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    """k, v [T, Hkv, D] (rows may be strided, heads contiguous) -> slot ``slots[t]`` of one
+    layer's caches [num_blocks, block_size, Hkv, D] (contiguous), one launch for both."""
+    num_tokens, num_kv_heads, head_dim = k.shape
+    if v.shape != k.shape or k_cache.shape[2:] != k.shape[1:] or v_cache.shape != k_cache.shape:
+        raise ValueError(f"k/v {tuple(k.shape)} do not fit the cache {tuple(k_cache.shape)}")
+    if k.stride(2) != 1 or k.stride(1) != head_dim or v.stride(2) != 1 or v.stride(1) != head_dim:
+        raise ValueError("k and v need contiguous heads")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or slots.shape != (num_tokens,):
+        raise ValueError("caches must be contiguous and slots [T]")
+    row_len = num_kv_heads * head_dim
+    if num_tokens:
+        _write_kv_kernel[(num_tokens,)](
+            k, v, k_cache, v_cache, slots, k.stride(0), v.stride(0), row_len, row_len,
+            BLOCK=min(1024, triton.next_power_of_2(row_len)),
+        )  # fmt: skip
 
 
 def _new_output(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
