@@ -51,3 +51,20 @@ def test_graph_logits_match_eager(num_seqs):
     changed = (k_after != k_before).flatten(3).any(-1).any(0).nonzero()  # [n, 2] (block, offset)
     slots = {int(b) * engine.config.block_size + int(o) for b, o in changed}
     assert slots <= set(batch.slot_mapping.tolist())
+
+
+@pytest.mark.gpu
+def test_kv_cache_sized_from_the_memory_fraction():
+    """No num_token: the KV cache takes what the fraction leaves after weights (1 GiB spare)."""
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info()
+    llm = LLM("qwen2-vl-2b", device="cuda", dtype="bfloat16", gpu_memory_utilization=0.5,
+              max_num_seqs=8, max_model_len=4096)  # fmt: skip
+    cache = llm.engine.runner.kv_cache
+    kv_bytes = 2 * cache.k.numel() * cache.k.element_size()
+    weight_bytes = sum(p.numel() * p.element_size() for p in llm.engine.model.parameters())
+    expected = 0.5 * total - (total - free) - weight_bytes - (1 << 30)
+    assert abs(kv_bytes - expected) < 0.05 * expected
+    assert torch.cuda.memory_allocated() < 0.5 * total
+    out = llm.generate([[1, 2, 3]] * 4, SamplingParams(max_tokens=4), use_tqdm=False)
+    assert all(len(o.outputs[0].token_ids) == 4 for o in out)
