@@ -7,6 +7,7 @@ stop rules and builds the step's outputs (``valora.output_processor``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -57,12 +58,7 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, config.block_size,
                                           config.enable_prefix_caching)  # fmt: skip
         max_len = min(config.scheduler.max_model_len, cfg.max_position_embeddings)
-        sched_cfg = SchedulerConfig(
-            max_num_seqs=config.scheduler.max_num_seqs,
-            max_num_batched_tokens=config.scheduler.max_num_batched_tokens,
-            max_model_len=max_len,
-            enable_chunked_prefill=config.scheduler.enable_chunked_prefill,
-        )
+        sched_cfg = dataclasses.replace(config.scheduler, max_model_len=max_len)
         self.scheduler = Scheduler(sched_cfg, self.block_manager)
         self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache))
         self.outputs = OutputProcessor(self.tokenizer, max_len)

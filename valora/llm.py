@@ -19,7 +19,9 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 class LLM:
     """``model`` is a model setting (``tiny``, ``qwen2-vl-2b``, ``qwen2-vl-7b``: dummy weights)
-    or a checkpoint directory. ``num_token`` is the KV-cache budget in tokens."""
+    or a checkpoint directory. ``num_token`` is the KV-cache budget in tokens (None: from
+    ``gpu_memory_utilization`` on a GPU). ``scheduler`` names the admission policy
+    (``valora.scheduler.ADMISSION_POLICIES``). ``enforce_eager`` turns CUDA graphs off."""
 
     def __init__(
         self,
@@ -38,6 +40,7 @@ class LLM:
         max_lora_rank: int = 64,
         seed: int = 0,
         enforce_eager: bool = False,
+        scheduler: str = "fcfs",
     ) -> None:
         if lora_modules:
             raise ValueError("LoRA adapters are not supported by this build yet")
@@ -45,8 +48,8 @@ class LLM:
         if dtype == "auto":
             dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
         dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
-        scheduler = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len,
-                                    enable_chunked_prefill)  # fmt: skip
+        scheduler_config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len,
+                                           enable_chunked_prefill, scheduler)  # fmt: skip
         self.engine = LLMEngine(
             EngineConfig(
                 model,
@@ -56,7 +59,7 @@ class LLM:
                 gpu_memory_utilization,
                 block_size,
                 enable_prefix_caching,
-                scheduler,
+                scheduler_config,
                 seed,
                 enforce_eager,
             )  # fmt: skip

@@ -31,10 +31,16 @@ class SchedulerConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int = 32768
     enable_chunked_prefill: bool = True
+    policy: str = "fcfs"  # a name in ADMISSION_POLICIES
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+        if self.policy not in ADMISSION_POLICIES:
+            raise ValueError(
+                f"unknown scheduler policy {self.policy!r}; choose one of "
+                f"{sorted(ADMISSION_POLICIES)}"
+            )
 
 
 class AdmissionPolicy(Protocol):
@@ -46,6 +52,10 @@ class AdmissionPolicy(Protocol):
 class FCFSPolicy:
     def order(self, waiting: deque[Request], running: list[Request]) -> Iterable[Request]:
         return list(waiting)
+
+
+# name -> policy class; the LoRA orchestrator's policies register here
+ADMISSION_POLICIES: dict[str, type] = {"fcfs": FCFSPolicy}
 
 
 @dataclass
@@ -79,7 +89,7 @@ class Scheduler:
     ) -> None:
         self.config = config
         self.block_manager = block_manager
-        self.policy = policy or FCFSPolicy()
+        self.policy = policy or ADMISSION_POLICIES[config.policy]()
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0

@@ -166,3 +166,10 @@ def test_prompt_too_long_is_rejected(checkpoint):
     with pytest.raises(ValueError, match="does not fit"):
         llm.generate("word " * 100, GREEDY, use_tqdm=False)
     assert_no_leaks(llm)
+
+
+def test_scheduler_policy_is_chosen_by_name(checkpoint):
+    _, path = checkpoint
+    assert LLM(path, device="cpu", scheduler="fcfs").engine.scheduler.config.policy == "fcfs"
+    with pytest.raises(ValueError, match="unknown scheduler policy"):
+        LLM(path, device="cpu", scheduler="lottery")
