@@ -1,0 +1,85 @@
+"""Adaptive tiling: the kernel config of each call, looked up by shape bucket in O(1).
+
+A call's bucket is (op, max_seg_len rounded up to a power of two, number of segments rounded up
+to a power of two, K for the shrink or N for the expand, number of slices, max_rank). Tables are
+measured offline by ``python -m atmm.tune`` on one GPU and dtype and shipped as JSON in
+``atmm/configs/`` (file name: the GPU name and the dtype). At run time the table of the current
+GPU and dtype is loaded once; a bucket it lacks (or a GPU with no table) gets ``default_config``,
+a safe heuristic.
+
+A config is a dict: ``path`` ("tile" | "gemv"), ``BLOCK_M`` (tile only), ``BLOCK_K``, ``BLOCK_R``
+(shrink) or ``BLOCK_N`` (expand), ``SPLIT_K`` (shrink), ``num_warps``, ``num_stages``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+_GEMV_MAX_SEG_LEN = 4  # default: up to this many rows per segment take the GEMV kernels
+_TARGET_PROGRAMS = 264  # default split-K aims at about 2 programs per SM of an H100
+
+
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
+               max_rank: int) -> str:  # fmt: skip
+    return (
+        f"{op}|m{_pow2_ceil(max_seg_len)}|s{_pow2_ceil(num_segments)}|d{dim}"
+        f"|l{num_slices}|r{max_rank}"
+    )
+
+
+def table_path(device_name: str, dtype: torch.dtype) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
+    return CONFIG_DIR / f"{slug}__{str(dtype).removeprefix('torch.')}.json"
+
+
+@lru_cache(maxsize=None)
+def _table(device_name: str, dtype: torch.dtype) -> dict[str, dict]:
+    path = table_path(device_name, dtype)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())["configs"]
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
+               max_rank: int, dtype: torch.dtype, device: torch.device) -> dict:  # fmt: skip
+    """The tuned config of this bucket on this GPU and dtype, else the default."""
+    key = bucket_key(op, max_seg_len, num_segments, dim, num_slices, max_rank)
+    table = _table(device_name(device), dtype)
+    if key in table:
+        return table[key]
+    return default_config(op, max_seg_len, num_segments, dim, num_slices, max_rank, device)
+
+
+def default_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
+                   max_rank: int, device: torch.device) -> dict:  # fmt: skip
+    """Safe everywhere: power-of-two blocks >= 16, modest warps and stages."""
+    on_gpu = device.type == "cuda"
+    path = "gemv" if max_seg_len <= _GEMV_MAX_SEG_LEN else "tile"
+    block_m = 16 if max_seg_len <= 16 or not on_gpu else (32 if max_seg_len <= 32 else 64)
+    rank_block = max(16, min(64, _pow2_ceil(max_rank)))
+    config = {"path": path, "BLOCK_M": block_m, "num_warps": 4,
+              "num_stages": 3 if on_gpu else 1}  # fmt: skip
+    if op == "shrink":
+        block_k = (256 if path == "gemv" else 64) if on_gpu else 32
+        r_chunks = -(-max_rank // rank_block)
+        m_tiles = max(1, -(-max_seg_len // (1 if path == "gemv" else block_m)))
+        programs = num_segments * m_tiles * num_slices * r_chunks
+        max_split = max(1, dim // (4 * block_k))
+        split_k = max(1, min(max_split, -(-_TARGET_PROGRAMS // programs))) if on_gpu else 1
+        return config | {"BLOCK_K": block_k, "BLOCK_R": rank_block, "SPLIT_K": split_k}
+    block_n = (128 if path == "gemv" else 64) if on_gpu else 32
+    return config | {"BLOCK_K": rank_block if path == "tile" else 16, "BLOCK_N": block_n}
