@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -42,7 +42,7 @@ def table_path(device_name: str, dtype: torch.dtype) -> Path:
     return CONFIG_DIR / f"{slug}__{str(dtype).removeprefix('torch.')}.json"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _table(device_name: str, dtype: torch.dtype) -> dict[str, dict]:
     path = table_path(device_name, dtype)
     if not path.exists():

@@ -36,8 +36,10 @@ def _tile_slice(tile_starts_ptr, tile, NUM_SLICES: tl.constexpr):
 
 
 @triton.jit
-def _expand_setup(seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
-                  tile_starts_ptr, m0, NUM_SLICES: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+def _expand_setup(
+    seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr, tile_starts_ptr, m0,
+    NUM_SLICES: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
     seg = tl.program_id(0)
     start = tl.load(seg_indptr_ptr + seg)
     end = tl.load(seg_indptr_ptr + seg + 1)

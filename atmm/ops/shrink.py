@@ -28,8 +28,10 @@ import triton.language as tl
 
 
 @triton.jit
-def _program_work(seg_indptr_ptr, seg_slots_ptr, ranks_ptr, m0, pid2,
-                  SPLIT_K: tl.constexpr, R_CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr):  # fmt: skip
+def _program_work(
+    seg_indptr_ptr, seg_slots_ptr, ranks_ptr, m0, pid2,
+    SPLIT_K: tl.constexpr, R_CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
     """Decode the program ids: (row start, row end, slot, rank, slice, K split, rank chunk start),
     and whether there is work (a real row, an adapter, a rank chunk inside the rank)."""
     seg = tl.program_id(0)

@@ -18,7 +18,7 @@ import torch
 pytest.importorskip("triton")
 
 from atmm.ops.lora import add_lora, lora_expand, lora_shrink  # noqa: E402
-from atmm.ref import add_lora_ref, lora_expand_ref, lora_shrink_ref  # noqa: E402
+from atmm.ref import add_lora_ref, lora_shrink_ref  # noqa: E402
 from atmm.types import LoRASegments, validate_segments  # noqa: E402
 from atmm.workloads import POPULARITIES, make_segments, make_weights, mixed_ranks  # noqa: E402
 
