@@ -1,0 +1,157 @@
+"""Offline profiler for adaptive tiling: ``python -m atmm.tune``.
+
+For every shape bucket (``atmm.tuning.bucket_key``) of the chosen model dimensions it times the
+candidate configs of the shrink and of the expand on the current GPU and keeps the fastest, then
+writes the table ``atmm/configs/<gpu>__<dtype>.json`` that ``atmm.tuning`` loads at run time.
+Entries already in the table are kept unless ``--retune``; ``--budget-s`` stops early and saves
+what was measured, so a long tuning can run in several sittings.
+
+    python -m atmm.tune --models qwen2-vl-7b qwen2-vl-2b --ranks 64 128 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+
+import torch
+import triton
+
+from atmm.ops.expand import launch_expand
+from atmm.ops.shrink import launch_shrink
+from atmm.tuning import bucket_key, default_config, table_path
+from atmm.types import LoRASegments
+from atmm.workloads import make_weights
+
+# (K, output slices) of each LoRA target; the 7B list adds the op-cost benchmark's targets
+MODEL_TARGETS = {
+    "qwen2-vl-7b": [(3584, [3584, 512, 512]), (3584, [3584]), (3584, [18944, 18944]),
+                    (18944, [3584]), (3584, [512]), (3584, [18944])],
+    "qwen2-vl-2b": [(1536, [1536, 256, 256]), (1536, [1536]), (1536, [8960, 8960]),
+                    (8960, [1536])],
+}  # fmt: skip
+# (max_seg_len, num_segments): decode-like many short segments, prefill-like few long ones
+BUCKETS = [(m, s) for m in (1, 2, 4, 8) for s in (1, 4, 16, 64, 256)] + [
+    (m, s) for m in (16, 64, 256, 1024, 4096, 8192) for s in (1, 4, 16) if m * s <= 16384
+]
+
+
+def shrink_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
+    rank_blocks = sorted({max(16, min(64, max_rank)), max(16, min(128, max_rank))})
+    out = []
+    if max_seg_len <= 16:
+        for block_k, split_k in itertools.product((128, 256, 512), (1, 2, 4, 8, 16)):
+            out.append({"path": "gemv", "BLOCK_K": block_k, "BLOCK_R": rank_blocks[0],
+                        "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2})  # fmt: skip
+    block_ms = (16,) if max_seg_len <= 16 else (32, 64, 128)
+    for bm, bk, br, sk in itertools.product(block_ms, (32, 64, 128), rank_blocks, (1, 2, 4, 8)):
+        out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_R": br, "SPLIT_K": sk,
+                    "num_warps": 4, "num_stages": 3})  # fmt: skip
+    return out
+
+
+def expand_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
+    rank_blocks = sorted({16, max(16, min(64, max_rank))})
+    out = []
+    if max_seg_len <= 16:
+        for bn, bk in itertools.product((64, 128, 256), rank_blocks):
+            out.append({"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4,
+                        "num_stages": 2})  # fmt: skip
+    block_ms = (16,) if max_seg_len <= 16 else (32, 64, 128)
+    for bm, bn, bk, warps in itertools.product(block_ms, (64, 128, 256), rank_blocks, (4, 8)):
+        out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
+                    "num_warps": warps, "num_stages": 2})  # fmt: skip
+    return out
+
+
+def _time_ms(fn, reps: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tuple[dict, float]:
+    """Fastest candidate for one bucket: every segment full, every slot its own rank-max_rank
+    adapter (the slowest case of the bucket)."""
+    w = make_weights([max_rank] * min(num_segments, 64), k, slices, dtype, "cuda")
+    slots = [i % w.num_slots for i in range(num_segments)]
+    segs = LoRASegments.build([max_seg_len] * num_segments, slots, "cuda")
+    num_tokens = max_seg_len * num_segments
+    x = torch.randn(num_tokens, k, device="cuda", dtype=dtype)
+    y = torch.zeros(num_tokens, sum(slices), device="cuda", dtype=dtype)
+    v = torch.zeros(num_tokens, len(slices), max_rank, device="cuda")
+    if op == "shrink":
+        candidates = shrink_candidates(max_seg_len, max_rank)
+        run = lambda c: launch_shrink(x, w.a, v, segs, w.ranks, c)  # noqa: E731
+    else:
+        candidates = expand_candidates(max_seg_len, max_rank)
+        run = lambda c: launch_expand(v, w.b, y, segs, w.ranks, w.scalings,  # noqa: E731
+                                      w.slice_offsets, c)  # fmt: skip
+    best, best_ms = None, float("inf")
+    for config in candidates:
+        try:
+            ms = _time_ms(lambda: run(config))  # noqa: B023 (called before the next iteration)
+        except (triton.runtime.errors.OutOfResources, RuntimeError):
+            continue
+        if ms < best_ms:
+            best, best_ms = config, ms
+    return best, best_ms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODEL_TARGETS))
+    parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128], help="max_rank values")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--budget-s", type=float, default=float("inf"))
+    parser.add_argument("--retune", action="store_true")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    name = torch.cuda.get_device_name()
+    path = table_path(name, dtype)
+    table = json.loads(path.read_text())["configs"] if path.exists() else {}
+    jobs = _jobs(args.models, args.ranks)
+    deadline, done = time.monotonic() + args.budget_s, 0
+    for op, dim_k, slices, max_rank, (m, s) in jobs:
+        dim = dim_k if op == "shrink" else sum(slices)
+        key = bucket_key(op, m, s, dim, len(slices), max_rank)
+        if key in table and not args.retune:
+            continue
+        if time.monotonic() > deadline:
+            print(f"budget reached after {done} buckets; run again to continue", flush=True)
+            break
+        config, ms = tune_bucket(op, dim_k, slices, max_rank, m, s, dtype)
+        default = default_config(op, m, s, dim, len(slices), max_rank, torch.device("cuda"))
+        table[key] = config | {"us": round(ms * 1e3, 2)}
+        done += 1
+        print(f"{key}: {config} {ms * 1e3:.1f} us (default {default['path']})", flush=True)
+    path.parent.mkdir(exist_ok=True)
+    record = {"gpu": name, "dtype": args.dtype, "torch": torch.__version__,
+              "triton": triton.__version__, "configs": dict(sorted(table.items()))}  # fmt: skip
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {len(table)} buckets to {path}")
+
+
+def _jobs(models: list[str], ranks: list[int]) -> list[tuple]:
+    """(op, K, slices, max_rank, bucket), shrink shapes keyed by K and expand by N (deduped)."""
+    jobs, seen = [], set()
+    for model, rank, bucket in itertools.product(models, ranks, BUCKETS):
+        for k, slices in MODEL_TARGETS[model]:
+            for op, dim in (("shrink", k), ("expand", sum(slices))):
+                key = (op, dim, len(slices), rank, bucket)
+                if key not in seen:
+                    seen.add(key)
+                    jobs.append((op, k, slices, rank, bucket))
+    return jobs
+
+
+if __name__ == "__main__":
+    main()
