@@ -165,7 +165,9 @@ GPU_TARGETS = {"q": [3584], "kv": [512], "gate": [18944], "qkv": [3584, 512, 512
 @pytest.mark.parametrize("target", list(GPU_TARGETS))
 def test_gpu_decode_real_sizes(dtype, popularity, target):
     for n in (1, 8, 64):
-        segs, w, x, y = _case([1] * n, popularity, dtype, 3584, GPU_TARGETS[target], n, "cuda")
+        segs, w, x, y = _case(
+            [1] * n, popularity, dtype, 3584, GPU_TARGETS[target], n, device="cuda"
+        )
         _check_add_lora(segs, w, x, y)
 
 
