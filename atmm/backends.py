@@ -22,6 +22,7 @@ from atmm.types import LoRASegments, LoRAWeights
 
 class LoRABackend(Protocol):
     name: str
+    graph_safe: bool  # add_lora never syncs with the host (can be captured in a CUDA graph)
 
     def prepare(self, weights: LoRAWeights) -> Any: ...
 

@@ -13,6 +13,7 @@ from atmm.types import LoRASegments, LoRAWeights, check_call
 
 class TorchLoopBackend:
     name = "torch"
+    graph_safe = False  # reads the segment table to the host
 
     def prepare(self, weights: LoRAWeights) -> LoRAWeights:
         return weights

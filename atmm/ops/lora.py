@@ -72,6 +72,7 @@ class ATMMBackend:
     """``atmm.backends`` interface over the adaptive-tiling kernels."""
 
     name = "atmm"
+    graph_safe = True
 
     def prepare(self, weights: LoRAWeights) -> LoRAWeights:
         return weights
