@@ -33,49 +33,66 @@ MODEL_TARGETS = {
                     (8960, [1536])],
 }  # fmt: skip
 # (max_seg_len, num_segments): decode-like many short segments, prefill-like few long ones
-BUCKETS = [(m, s) for m in (1, 2, 4, 8) for s in (1, 4, 16, 64, 256)] + [
-    (m, s) for m in (16, 64, 256, 1024, 4096, 8192) for s in (1, 4, 16) if m * s <= 16384
+BUCKETS = [(m, s) for m in (1, 2, 4, 8) for s in (1, 2, 4, 8, 16, 32, 64, 128, 256)] + [
+    (m, s)
+    for m in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+    for s in (1, 2, 4, 8, 16, 32, 64)
+    if m * s <= 16384
 ]
 
 
 def shrink_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
     rank_blocks = sorted({max(16, min(64, max_rank)), max(16, min(128, max_rank))})
     out = []
-    if max_seg_len <= 16:
-        for block_k, split_k in itertools.product((128, 256, 512), (1, 2, 4, 8, 16)):
+    if max_seg_len <= 8:
+        for block_k, split_k in itertools.product((64, 128, 256), (1, 2, 4, 8, 16, 32)):
             out.append({"path": "gemv", "BLOCK_K": block_k, "BLOCK_R": rank_blocks[0],
                         "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2})  # fmt: skip
-    block_ms = (16,) if max_seg_len <= 16 else (32, 64, 128)
-    for bm, bk, br, sk in itertools.product(block_ms, (32, 64, 128), rank_blocks, (1, 2, 4, 8)):
+        for bk, sk in itertools.product((64, 128), (1, 4, 16)):
+            out.append({"path": "tile", "BLOCK_M": 16, "BLOCK_K": bk, "BLOCK_R": rank_blocks[0],
+                        "SPLIT_K": sk, "num_warps": 4, "num_stages": 3})  # fmt: skip
+        return out
+    block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, max_seg_len)][-3:]
+    for bm, bk, br, sk in itertools.product(block_ms, (64, 128), rank_blocks, (1, 2, 4)):
         out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_R": br, "SPLIT_K": sk,
                     "num_warps": 4, "num_stages": 3})  # fmt: skip
     return out
 
 
 def expand_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
-    rank_blocks = sorted({16, max(16, min(64, max_rank))})
     out = []
-    if max_seg_len <= 16:
-        for bn, bk in itertools.product((64, 128, 256), rank_blocks):
+    if max_seg_len <= 8:
+        for bn, bk in itertools.product((64, 128, 256), (16, 32, 64)):
             out.append({"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4,
                         "num_stages": 2})  # fmt: skip
-    block_ms = (16,) if max_seg_len <= 16 else (32, 64, 128)
-    for bm, bn, bk, warps in itertools.product(block_ms, (64, 128, 256), rank_blocks, (4, 8)):
+        for bn, bk in itertools.product((64, 128, 256), (16, 64)):
+            out.append({"path": "tile", "BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk,
+                        "num_warps": 4, "num_stages": 2})  # fmt: skip
+        return out
+    block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, max_seg_len)][-3:]
+    for bm, bn, bk, warps in itertools.product(block_ms, (64, 128, 256), (16, 64), (4, 8)):
         out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
                     "num_warps": warps, "num_stages": 2})  # fmt: skip
     return out
 
 
-def _time_ms(fn, reps: int = 10) -> float:
-    fn()
+def _time_ms(fn, launches: int = 4, reps: int = 3) -> float:
+    """GPU time of one call, from replays of a CUDA graph of ``launches`` calls (no host launch
+    overhead in the number: the engine replays decode from graphs too)."""
+    fn()  # compile outside the capture
     torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(launches):
+            fn()
+    graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
     for _ in range(reps):
-        fn()
+        graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return start.elapsed_time(end) / (reps * launches)
 
 
 def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tuple[dict, float]:
@@ -100,6 +117,7 @@ def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tu
         try:
             ms = _time_ms(lambda: run(config))  # noqa: B023 (called before the next iteration)
         except (triton.runtime.errors.OutOfResources, RuntimeError):
+            torch.cuda.synchronize()
             continue
         if ms < best_ms:
             best, best_ms = config, ms
@@ -110,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODEL_TARGETS))
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128], help="max_rank values")
+    parser.add_argument("--fresh", action="store_true", help="start from an empty table")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--budget-s", type=float, default=float("inf"))
     parser.add_argument("--retune", action="store_true")
@@ -117,7 +136,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     name = torch.cuda.get_device_name()
     path = table_path(name, dtype)
-    table = json.loads(path.read_text())["configs"] if path.exists() else {}
+    table = json.loads(path.read_text())["configs"] if path.exists() and not args.fresh else {}
     jobs = _jobs(args.models, args.ranks)
     deadline, done = time.monotonic() + args.budget_s, 0
     for op, dim_k, slices, max_rank, (m, s) in jobs:
