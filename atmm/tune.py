@@ -70,9 +70,9 @@ def expand_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
                         "num_warps": 4, "num_stages": 2})  # fmt: skip
         return out
     block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, max_seg_len)][-3:]
-    for bm, bn, bk, warps in itertools.product(block_ms, (64, 128, 256), (16, 64), (4, 8)):
+    for bm, bn, bk, n_tiles in itertools.product(block_ms, (64, 128, 256), (16, 64), (1, 4, 16)):
         out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
-                    "num_warps": warps, "num_stages": 2})  # fmt: skip
+                    "N_TILES": n_tiles, "num_warps": 4, "num_stages": 2})  # fmt: skip
     return out
 
 
@@ -129,6 +129,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODEL_TARGETS))
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128], help="max_rank values")
     parser.add_argument("--fresh", action="store_true", help="start from an empty table")
+    parser.add_argument("--ops", nargs="+", default=["shrink", "expand"])
+    parser.add_argument("--min-seg-len", type=int, default=1, help="skip shorter buckets")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--budget-s", type=float, default=float("inf"))
     parser.add_argument("--retune", action="store_true")
@@ -140,6 +142,8 @@ def main() -> None:
     jobs = _jobs(args.models, args.ranks)
     deadline, done = time.monotonic() + args.budget_s, 0
     for op, dim_k, slices, max_rank, (m, s) in jobs:
+        if op not in args.ops or m < args.min_seg_len:
+            continue
         dim = dim_k if op == "shrink" else sum(slices)
         key = bucket_key(op, m, s, dim, len(slices), max_rank)
         if key in table and not args.retune:

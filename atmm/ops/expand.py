@@ -8,7 +8,9 @@ The output columns of all slices are cut into BLOCK_N tiles per slice (a tile ne
 two slices); ``tile_starts`` [num_slices + 1] (host-made, cached per config) maps a program to its
 slice. Two kernels, picked by the tiling config (``atmm.tuning``):
 
-- ``tile`` (prefill): grid ``(S, cdiv(max_seg_len, BLOCK_M), num_tiles)``; [BLOCK_M, BLOCK_K]
+- ``tile`` (prefill): grid ``(S, cdiv(max_seg_len, BLOCK_M), cdiv(num_tiles, N_TILES))``; a
+  program does N_TILES consecutive output tiles of its rows (their v rows are re-read from L1,
+  not from L2 once per tile); per tile, [BLOCK_M, BLOCK_K]
   tiles of v (rounded to the weight dtype, as the tensor cores take it) times [BLOCK_K, BLOCK_N]
   tiles of B, looping over the slot's rank only (no padding to the max rank), fp32 accumulation,
   then y is read, added to and written once.
@@ -38,7 +40,7 @@ def _tile_slice(tile_starts_ptr, tile, NUM_SLICES: tl.constexpr):
 @triton.jit
 def _expand_setup(
     seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr, tile_starts_ptr, m0,
-    NUM_SLICES: tl.constexpr, BLOCK_N: tl.constexpr,
+    tile, NUM_SLICES: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     seg = tl.program_id(0)
     start = tl.load(seg_indptr_ptr + seg)
@@ -47,7 +49,7 @@ def _expand_setup(
     safe_slot = tl.maximum(slot, 0)
     rank = tl.load(ranks_ptr + safe_slot)
     scale = tl.load(scalings_ptr + safe_slot)
-    slice_id, tile_in_slice = _tile_slice(tile_starts_ptr, tl.program_id(2), NUM_SLICES)
+    slice_id, tile_in_slice = _tile_slice(tile_starts_ptr, tile, NUM_SLICES)
     col_lo = tl.load(offsets_ptr + slice_id)
     col_hi = tl.load(offsets_ptr + slice_id + 1)
     cols = col_lo + tile_in_slice * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -58,36 +60,50 @@ def _expand_setup(
 @triton.jit
 def _expand_tile_kernel(
     v_ptr, b_ptr, y_ptr, seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
-    tile_starts_ptr, stride_vt, stride_vl, stride_bs, stride_br, stride_yt,
+    tile_starts_ptr, num_tiles, stride_vt, stride_vl, stride_bs, stride_br, stride_yt,
     NUM_SLICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr, FP32: tl.constexpr,
+    BLOCK_K: tl.constexpr, N_TILES: tl.constexpr, FP32: tl.constexpr,
 ):  # fmt: skip
+    """One program: BLOCK_M rows x N_TILES consecutive output tiles (its v rows stay in L1)."""
     m0 = tl.program_id(1) * BLOCK_M
-    start, end, slot, rank, scale, slice_id, cols, col_ok, has_work = _expand_setup(
-        seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr, tile_starts_ptr,
-        m0, NUM_SLICES, BLOCK_N,
-    )  # fmt: skip
-    if has_work:
-        rows = start + m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < end
-        v_rows = v_ptr + rows.to(tl.int64)[:, None] * stride_vt + slice_id * stride_vl
-        b_base = b_ptr + slot.to(tl.int64) * stride_bs + cols[None, :]
-        offs_k = tl.arange(0, BLOCK_K)
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-        for k0 in range(0, rank, BLOCK_K):
-            ks = k0 + offs_k
-            k_ok = ks < rank
-            v = tl.load(v_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            b = tl.load(b_base + ks[:, None] * stride_br, mask=k_ok[:, None] & col_ok[None, :],
-                        other=0.0)  # fmt: skip
-            if FP32:
-                acc += tl.dot(v, b, input_precision="ieee")
-            else:
-                acc += tl.dot(v.to(b.dtype), b)
-        y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_yt + cols[None, :]
-        mask = row_ok[:, None] & col_ok[None, :]
-        y = tl.load(y_ptrs, mask=mask, other=0.0)
-        tl.store(y_ptrs, (y.to(tl.float32) + scale * acc).to(y.dtype), mask=mask)
+    for j in range(N_TILES):
+        tile = tl.program_id(2) * N_TILES + j
+        start, end, slot, rank, scale, slice_id, cols, col_ok, has_work = _expand_setup(
+            seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr,
+            tile_starts_ptr, m0, tl.minimum(tile, num_tiles - 1), NUM_SLICES, BLOCK_N,
+        )  # fmt: skip
+        if has_work & (tile < num_tiles):
+            _expand_tile(v_ptr, b_ptr, y_ptr, start + m0, end, slot, rank, scale, slice_id, cols,
+                         col_ok, stride_vt, stride_vl, stride_bs, stride_br, stride_yt,
+                         BLOCK_M, BLOCK_N, BLOCK_K, FP32)  # fmt: skip
+
+
+@triton.jit
+def _expand_tile(
+    v_ptr, b_ptr, y_ptr, row0, end, slot, rank, scale, slice_id, cols, col_ok,
+    stride_vt, stride_vl, stride_bs, stride_br, stride_yt,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, FP32: tl.constexpr,
+):  # fmt: skip
+    rows = row0 + tl.arange(0, BLOCK_M)
+    row_ok = rows < end
+    v_rows = v_ptr + rows.to(tl.int64)[:, None] * stride_vt + slice_id * stride_vl
+    b_base = b_ptr + slot.to(tl.int64) * stride_bs + cols[None, :]
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, rank, BLOCK_K):
+        ks = k0 + offs_k
+        k_ok = ks < rank
+        v = tl.load(v_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_base + ks[:, None] * stride_br, mask=k_ok[:, None] & col_ok[None, :],
+                    other=0.0)  # fmt: skip
+        if FP32:
+            acc += tl.dot(v, b, input_precision="ieee")
+        else:
+            acc += tl.dot(v.to(b.dtype), b)
+    y_ptrs = y_ptr + rows.to(tl.int64)[:, None] * stride_yt + cols[None, :]
+    mask = row_ok[:, None] & col_ok[None, :]
+    y = tl.load(y_ptrs, mask=mask, other=0.0)
+    tl.store(y_ptrs, (y.to(tl.float32) + scale * acc).to(y.dtype), mask=mask)
 
 
 @triton.jit
@@ -99,7 +115,7 @@ def _expand_gemv_kernel(
     m0 = tl.program_id(1)  # one row per program
     start, end, slot, rank, scale, slice_id, cols, col_ok, has_work = _expand_setup(
         seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr, offsets_ptr, tile_starts_ptr,
-        m0, NUM_SLICES, BLOCK_N,
+        m0, tl.program_id(2), NUM_SLICES, BLOCK_N,
     )  # fmt: skip
     if has_work:
         row = (start + m0).to(tl.int64)
@@ -148,6 +164,9 @@ def launch_expand(v, b, y, segs, ranks, scalings, offsets, config: dict) -> None
     if config["path"] == "gemv":
         _expand_gemv_kernel[(segs.num_segments, segs.max_seg_len, num_tiles)](*args, **common)
     else:
-        grid = (segs.num_segments, triton.cdiv(segs.max_seg_len, config["BLOCK_M"]), num_tiles)
-        _expand_tile_kernel[grid](*args, BLOCK_M=config["BLOCK_M"],
-                                  FP32=y.dtype == torch.float32, **common)  # fmt: skip
+        n_tiles = config.get("N_TILES", 1)
+        grid = (segs.num_segments, triton.cdiv(segs.max_seg_len, config["BLOCK_M"]),
+                triton.cdiv(num_tiles, n_tiles))  # fmt: skip
+        _expand_tile_kernel[grid](*args[:9], num_tiles, *args[9:], BLOCK_M=config["BLOCK_M"],
+                                  N_TILES=n_tiles, FP32=y.dtype == torch.float32,
+                                  **common)  # fmt: skip

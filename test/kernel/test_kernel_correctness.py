@@ -97,8 +97,8 @@ def test_paths_and_split_k(path, split_k):
     segs, w, x, y = _case([1, 5, 2, 40, 1], "distinct", torch.float32, 96, [32, 16], seed=7)
     shrink = {"path": path, "BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_R": 32, "SPLIT_K": split_k,
               "num_warps": 4, "num_stages": 1}  # fmt: skip
-    expand = {"path": path, "BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16, "num_warps": 4,
-              "num_stages": 1}  # fmt: skip
+    expand = {"path": path, "BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16, "N_TILES": 2,
+              "num_warps": 4, "num_stages": 1}  # fmt: skip
     _check_add_lora(segs, w, x, y, shrink, expand)
 
 
