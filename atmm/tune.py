@@ -69,10 +69,13 @@ def expand_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
             out.append({"path": "tile", "BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk,
                         "num_warps": 4, "num_stages": 2})  # fmt: skip
         return out
-    block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, max_seg_len)][-3:]
-    for bm, bn, bk, n_tiles in itertools.product(block_ms, (64, 128, 256), (16, 64), (1, 4, 16)):
+    # large M tiles cut the re-reads of B (one per M tile), large N tiles those of v
+    block_ms = [bm for bm in (16, 32, 64, 128, 256) if bm <= max(16, max_seg_len)][-3:]
+    for bm, bn, bk, n_tiles, warps in itertools.product(
+        block_ms, (64, 128, 256), (16, 32), (1, 4), (4, 8)
+    ):
         out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
-                    "N_TILES": n_tiles, "num_warps": 4, "num_stages": 2})  # fmt: skip
+                    "N_TILES": n_tiles, "num_warps": warps, "num_stages": 2})  # fmt: skip
     return out
 
 
