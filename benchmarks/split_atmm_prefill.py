@@ -1,0 +1,47 @@
+"""Split one ATMM prefill call into its shrink and expand times (CUDA-graph replays, L2 flushed),
+next to each kernel's own memory floor. Diagnostic for the op-cost benchmark; writes JSON.
+
+    python benchmarks/split_atmm_prefill.py --out benchmarks/results/atmm_prefill_split_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+from bench_kernels import _capture, _median_s, copy_bandwidth, workload
+
+from atmm.ops.lora import expand_config, lora_expand, lora_shrink, shrink_config
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="benchmarks/results/atmm_prefill_split.json")
+    args = parser.parse_args()
+    bandwidth, rows = copy_bandwidth(), []
+    for n in (3584, 18944):
+        for tokens in (1024, 8192):
+            w, segs, x, y, ranks = workload("prefill", tokens, n, torch.bfloat16, seed=tokens)
+            v = lora_shrink(x, w, segs)
+            shrink = _median_s(_capture(lambda: lora_shrink(x, w, segs, out=v)).replay, 20)  # noqa: B023
+            expand = _median_s(_capture(lambda: lora_expand(v, y, w, segs)).replay, 20)  # noqa: B023
+            itemsize = 2
+            shrink_bytes = itemsize * (tokens * 3584 + sum(ranks) * 3584) + 4 * tokens * 128
+            expand_bytes = itemsize * (2 * tokens * n + sum(ranks) * n) + 4 * tokens * 128
+            rows.append({"N": n, "tokens": tokens, "shrink_us": shrink * 1e6,
+                         "shrink_floor_us": shrink_bytes / bandwidth * 1e6,
+                         "expand_us": expand * 1e6,
+                         "expand_floor_us": expand_bytes / bandwidth * 1e6,
+                         "shrink_config": shrink_config(x, w, segs),
+                         "expand_config": expand_config(y, w, segs)})  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                   "command": " ".join([sys.executable, *sys.argv]),
+                   "copy_bandwidth_GBps": bandwidth / 1e9, "rows": rows}, f, indent=1)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
