@@ -155,6 +155,9 @@ def main() -> None:
             print(f"budget reached after {done} buckets; run again to continue", flush=True)
             break
         config, ms = tune_bucket(op, dim_k, slices, max_rank, m, s, dtype)
+        if config is None:
+            print(f"{key}: no candidate runs on this GPU; the default stays", flush=True)
+            continue
         default = default_config(op, m, s, dim, len(slices), max_rank, torch.device("cuda"))
         table[key] = config | {"us": round(ms * 1e3, 2)}
         done += 1

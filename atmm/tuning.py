@@ -54,9 +54,11 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+@cache
 def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
                max_rank: int, dtype: torch.dtype, device: torch.device) -> dict:  # fmt: skip
-    """The tuned config of this bucket on this GPU and dtype, else the default."""
+    """The tuned config of this bucket on this GPU and dtype, else the default (memoised per
+    argument tuple: the per-call cost is one dict lookup). Callers must not mutate the result."""
     key = bucket_key(op, max_seg_len, num_segments, dim, num_slices, max_rank)
     table = _table(device_name(device), dtype)
     if key in table:

@@ -73,9 +73,7 @@ def profile_decode(llm: LLM, batch: int, prompt_len: int, steps: int = 16) -> di
         wall = (time.perf_counter() - start) / steps
     while engine.has_unfinished():
         engine.step()
-    kernels = [
-        e for e in prof.key_averages() if _device_time(e) > 0 and e.device_type.name == "CUDA"
-    ]
+    kernels = [e for e in prof.key_averages() if _is_kernel(e)]
     kernels.sort(key=_device_time, reverse=True)
     gpu_us = sum(_device_time(e) for e in kernels) / steps
     return {

@@ -21,6 +21,7 @@ import hashlib
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass
+from itertools import islice
 from typing import Protocol
 
 
@@ -103,7 +104,7 @@ class BlockManager:
         num_hit = 0
         if self.enable_prefix_caching:
             max_blocks = (num_tokens - 1) // self.block_size  # keep the last token to compute
-            for block_hash_value in self._prefix_hashes(seq, max_blocks):
+            for block_hash_value in islice(self._prefix_hashes(seq, max_blocks), max_blocks):
                 block_id = self._block_of_hash.get(block_hash_value)
                 if block_id is None:
                     break
@@ -132,8 +133,11 @@ class BlockManager:
             return
         num_full = min(num_computed_tokens // self.block_size, len(seq.block_table))
         first = num_computed_before // self.block_size
-        for i, value in enumerate(self._prefix_hashes(seq, num_full)[first:], start=first):
-            block_id = seq.block_table[i]
+        if num_full <= first:  # no block filled this step (most decode steps)
+            return
+        hashes = self._prefix_hashes(seq, num_full)
+        for i in range(first, num_full):
+            block_id, value = seq.block_table[i], hashes[i]
             if self._hash_of[block_id] is None and value not in self._block_of_hash:
                 self._hash_of[block_id] = value
                 self._block_of_hash[value] = block_id
@@ -160,15 +164,16 @@ class BlockManager:
 
     # ---- internals ------------------------------------------------------------------------
     def _prefix_hashes(self, seq: Sequence, num_blocks: int) -> list[bytes]:
-        """Hashes of the first ``num_blocks`` full blocks; only blocks never hashed before are
-        hashed now (the chain is kept on the sequence)."""
+        """The sequence's hash chain, extended to at least ``num_blocks`` full blocks (it may hold
+        more); only blocks never hashed before are hashed now. The chain is kept on the sequence:
+        tokens never change and the adapter (id, version) seed is fixed for a request's life."""
         hashes, bs = seq.block_hashes, self.block_size
         for i in range(len(hashes), num_blocks):
             start, end = i * bs, (i + 1) * bs
             parent = hashes[-1] if hashes else None
             extra = seq.image_hashes_in(start, end)
             hashes.append(block_hash(parent, seq.token_ids(start, end), extra, seq.cache_seed))
-        return hashes[:num_blocks]
+        return hashes  # the first num_blocks entries are the ones asked for
 
     def _take(self, block_id: int) -> None:
         if self._ref[block_id] == 0:

@@ -5,7 +5,8 @@ the smallest size G >= B. The graph reads only static input buffers, so a step c
 arrays into rows [0, B) and sets rows [B, G) to padding:
 
 - padding rows write their K/V to the cache's scratch slot (``KVCache.scratch_slot``) and
-  attend over one token of block 0 (context length 1), so they never touch a sequence's cache;
+  attend over one token (context length 1) of whatever block their block-table row still names
+  (a valid block, only read), so they never change a sequence's cache;
 - their logits are computed and dropped.
 
 The graphs capture the whole language model and the LM head ([G, V] fp32 logits); sampling

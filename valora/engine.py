@@ -65,9 +65,11 @@ class LLMEngine:
         self._requests: dict[str, Request] = {}  # unfinished requests by id
 
     def _forward_strategy(self, kv_cache: KVCache):
-        """Captured decode graphs on CUDA (unless enforce_eager), eager forwards otherwise."""
+        """Captured decode graphs on CUDA (unless enforce_eager, or the attention backend reads
+        host-side lengths and so cannot be replayed), eager forwards otherwise."""
         eager = EagerForward(self.model)
-        if not self.config.device.startswith("cuda") or self.config.enforce_eager:
+        graph_safe = getattr(self.model.attn_backend, "graph_safe", False)
+        if not self.config.device.startswith("cuda") or self.config.enforce_eager or not graph_safe:
             return eager
         max_seqs = self.scheduler.config.max_num_seqs
         graphs = DecodeGraphs(self.model, kv_cache, max_seqs, self.scheduler.config.max_model_len)

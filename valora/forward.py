@@ -38,8 +38,10 @@ class StepBatch:
 
     @property
     def is_decode(self) -> bool:
-        """One new token per sequence, no image rows, every sequence samples."""
-        return len(self.input_ids) == self.num_seqs and not self.image_rows
+        """One new token per sequence, no image rows, every sequence samples (a one-token prefill
+        chunk that is not the prompt's last token does not sample, so it is not decode)."""
+        num = self.num_seqs
+        return len(self.input_ids) == num and len(self.sample_rows) == num and not self.image_rows
 
 
 class EagerForward:

@@ -54,8 +54,9 @@ def lora_expand(
 ) -> torch.Tensor:
     """In place: y[t, slice s] += c * v[t, s, :r] @ b[slot, :r, slice s]; returns y."""
     check_call(None, y, w, segs)
-    if v.shape != (y.shape[0], w.num_slices, w.max_rank) or v.dtype != torch.float32:
-        raise ValueError(f"v must be fp32 [{y.shape[0]}, {w.num_slices}, {w.max_rank}]")
+    shape = (y.shape[0], w.num_slices, w.max_rank)
+    if v.shape != shape or v.dtype != torch.float32 or not v.is_contiguous():
+        raise ValueError(f"v must be a contiguous fp32 tensor of shape {shape}")
     if y.shape[0] and segs.num_segments:
         launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets,
                       config or expand_config(y, w, segs))  # fmt: skip
@@ -64,8 +65,13 @@ def lora_expand(
 
 def add_lora(y: torch.Tensor, x: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> torch.Tensor:
     """In place: y += the LoRA term of every segment (shrink, then expand); returns y."""
-    check_call(x, y, w, segs)
-    return lora_expand(lora_shrink(x, w, segs), y, w, segs)
+    check_call(x, y, w, segs)  # once: the launches below skip the per-op checks
+    if x.shape[0] and segs.num_segments:
+        v = torch.empty(x.shape[0], w.num_slices, w.max_rank, dtype=torch.float32, device=x.device)
+        launch_shrink(x, w.a, v, segs, w.ranks, shrink_config(x, w, segs))
+        launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets,
+                      expand_config(y, w, segs))  # fmt: skip
+    return y
 
 
 class ATMMBackend:

@@ -71,3 +71,49 @@ def test_kv_cache_sized_from_the_memory_fraction():
     assert torch.cuda.memory_allocated() < 0.5 * total
     out = llm.generate([[1, 2, 3]] * 4, SamplingParams(max_tokens=4), use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 4 for o in out)
+
+
+def _step_batch(num_seqs: int, sample_rows: list[int], image_rows=()):
+    import numpy as np
+
+    from valora.forward import StepBatch
+
+    return StepBatch(
+        input_ids=np.zeros(num_seqs, dtype=np.int64),
+        positions=np.zeros((3, num_seqs), dtype=np.int64),
+        query_lens=[1] * num_seqs,
+        context_lens=[5] * num_seqs,
+        slot_mapping=np.zeros(num_seqs, dtype=np.int64),
+        block_tables=np.zeros((num_seqs, 1), dtype=np.int32),
+        image_embeds=None,
+        image_rows=list(image_rows),
+        sample_rows=sample_rows,
+        sample_requests=[],
+    )
+
+
+def test_graph_forward_replays_only_batches_where_every_row_samples():
+    """A one-token prefill chunk that is not the prompt's end looks like decode but does not
+    sample: it must run eagerly (the graph returns logits for every row)."""
+    calls = []
+
+    class FakeGraphs:
+        max_batch_size, max_blocks_per_seq = 8, 4
+
+        def replay(self, batch):
+            calls.append("graph")
+
+    forward = GraphForward(FakeGraphs(), lambda batch: calls.append("eager"))
+    forward(_step_batch(3, [0, 1, 2]))
+    forward(_step_batch(3, [0, 1]))  # row 2: a 1-token chunk in the middle of a prompt
+    forward(_step_batch(3, [0, 1, 2], image_rows=[1]))
+    forward(_step_batch(9, list(range(9))))  # larger than any graph
+    assert calls == ["graph", "eager", "eager", "eager"]
+
+
+def test_cpu_engine_never_builds_graphs_and_torch_attention_is_not_graph_safe():
+    from valora.layers.paged_attention import TorchPagedAttention
+
+    assert TorchPagedAttention.graph_safe is False
+    llm = LLM("tiny", device="cpu")
+    assert isinstance(llm.engine.runner.forward, EagerForward)

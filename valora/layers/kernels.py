@@ -59,13 +59,13 @@ def _triton_kernels():
 _REGISTRY = {"torch": lambda: TorchKernels, "triton": _triton_kernels}
 
 
-def get_kernels(name: str):
+def get_kernels(name: str) -> type[TorchKernels]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown kernels {name!r}; choose one of {sorted(_REGISTRY)}")
     return _REGISTRY[name]()
 
 
-def kernels_for(device: torch.device | str):
+def kernels_for(device: torch.device | str) -> type[TorchKernels]:
     """Triton on CUDA devices (when triton imports), torch elsewhere."""
     if torch.device(device).type == "cuda":
         try:

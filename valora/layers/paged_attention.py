@@ -101,7 +101,7 @@ def padded_block_tables(block_tables: list[list[int]], width: int | None = None)
 class KVCache:
     """Per-layer K and V block pools of ``num_blocks`` blocks for the block manager, plus one
     scratch block no sequence owns: padded rows of a CUDA-graph batch write their K/V to
-    ``scratch_slot`` and read only it, so padding never touches a sequence's cache."""
+    ``scratch_slot``, so padding never changes a sequence's cache."""
 
     def __init__(
         self,
@@ -162,6 +162,8 @@ def paged_attention_reference(
 
 class TorchPagedAttention:
     """Attention backend over the paged cache (CPU path): write new K/V, then attend."""
+
+    graph_safe = False  # slices by the host-side context lengths
 
     def __init__(self, kv_cache: KVCache) -> None:
         self.kv_cache = kv_cache

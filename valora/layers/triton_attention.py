@@ -322,6 +322,8 @@ class TritonPagedAttention:
     """Attention backend over the paged cache with the Triton kernels (same call shape as
     ``TorchPagedAttention``): write the new K/V into the cache, then attend."""
 
+    graph_safe = True  # reads lengths from device tensors only (decode launch shape: batch only)
+
     def __init__(self, kv_cache: KVCache) -> None:
         self.kv_cache = kv_cache
 

@@ -38,7 +38,10 @@ class Qwen2VLAttention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, [q_size, kv_size, kv_size], bias=True)
         self.o_proj = Linear(q_size, [cfg.hidden_size], bias=False)
 
-    def forward(self, x, cos_sin, metadata, attn_backend, kernels) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, cos_sin, metadata, attn_backend, kernels: type[TorchKernels]
+    ) -> torch.Tensor:
+        """x [T, hidden] -> [T, hidden]."""
         num_tokens = x.shape[0]
         q, k, v = self.qkv_proj(x).split(self.qkv_proj.output_sizes, dim=-1)
         q, k = kernels.rotary(
@@ -59,7 +62,7 @@ class Qwen2VLMLP(nn.Module):
         self.gate_up_proj = Linear(cfg.hidden_size, [inter, inter], bias=False)
         self.down_proj = Linear(inter, [cfg.hidden_size], bias=False)
 
-    def forward(self, x: torch.Tensor, kernels) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kernels: type[TorchKernels]) -> torch.Tensor:
         return self.down_proj(kernels.silu_and_mul(self.gate_up_proj(x)))
 
 
@@ -71,7 +74,15 @@ class Qwen2VLDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = Qwen2VLMLP(cfg)
 
-    def forward(self, x, residual, cos_sin, metadata, attn_backend, kernels):
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: torch.Tensor | None,
+        cos_sin: tuple[torch.Tensor, torch.Tensor],
+        metadata,
+        attn_backend,
+        kernels: type[TorchKernels],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, residual) -> (x', residual'): the residual stream is ``x + residual`` (``x`` alone
         in the first layer); the sum and the next norm are one ``add_rms_norm``."""
         norm = self.input_layernorm
