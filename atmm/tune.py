@@ -1,7 +1,8 @@
 """Offline profiler for adaptive tiling: ``python -m atmm.tune``.
 
 For every shape bucket (``atmm.tuning.bucket_key``) of the chosen model dimensions it times the
-candidate configs of the shrink and of the expand on the current GPU and keeps the fastest, then
+candidate configs of the shrink and of the expand on the current GPU and keeps the fastest; the
+fused kernel is kept for a bucket only where its best time beats the tuned pair's; then
 writes the table ``atmm/configs/<gpu>__<dtype>.json`` that ``atmm.tuning`` loads at run time.
 Entries already in the table are kept unless ``--retune``; ``--budget-s`` stops early and saves
 what was measured, so a long tuning can run in several sittings.
@@ -20,8 +21,9 @@ import torch
 import triton
 
 from atmm.ops.expand import launch_expand
+from atmm.ops.fused import launch_fused
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import bucket_key, default_config, table_path
+from atmm.tuning import bucket_key, table_path
 from atmm.types import LoRASegments
 from atmm.workloads import make_weights
 
@@ -79,6 +81,15 @@ def expand_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
     return out
 
 
+def fused_candidates(max_seg_len: int) -> list[dict]:
+    block_ms = [bm for bm in (16, 32, 64) if bm <= max(16, max_seg_len)][-2:]
+    return [
+        {"path": "fused", "BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn, "N_TILES": nt,
+         "num_warps": 4 if bm < 64 else 8, "num_stages": 2}
+        for bm, bk, bn, nt in itertools.product(block_ms, (64, 128), (64, 128), (1, 4, 16))
+    ]  # fmt: skip
+
+
 def _time_ms(fn, launches: int = 4, reps: int = 3) -> float:
     """GPU time of one call, from replays of a CUDA graph of ``launches`` calls (no host launch
     overhead in the number: the engine replays decode from graphs too)."""
@@ -111,6 +122,9 @@ def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tu
     if op == "shrink":
         candidates = shrink_candidates(max_seg_len, max_rank)
         run = lambda c: launch_shrink(x, w.a, v, segs, w.ranks, c)  # noqa: E731
+    elif op == "fused":
+        candidates = fused_candidates(max_seg_len)
+        run = lambda c: launch_fused(x, w, y, segs, c)  # noqa: E731
     else:
         candidates = expand_candidates(max_seg_len, max_rank)
         run = lambda c: launch_expand(v, w.b, y, segs, w.ranks, w.scalings,  # noqa: E731
@@ -132,7 +146,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODEL_TARGETS))
     parser.add_argument("--ranks", type=int, nargs="+", default=[64, 128], help="max_rank values")
     parser.add_argument("--fresh", action="store_true", help="start from an empty table")
-    parser.add_argument("--ops", nargs="+", default=["shrink", "expand"])
+    parser.add_argument("--ops", nargs="+", default=["shrink", "expand", "fused"])
     parser.add_argument("--min-seg-len", type=int, default=1, help="skip shorter buckets")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--budget-s", type=float, default=float("inf"))
@@ -147,7 +161,7 @@ def main() -> None:
     for op, dim_k, slices, max_rank, (m, s) in jobs:
         if op not in args.ops or m < args.min_seg_len:
             continue
-        dim = dim_k if op == "shrink" else sum(slices)
+        dim = {"shrink": dim_k, "expand": sum(slices), "fused": f"{dim_k}x{sum(slices)}"}[op]
         key = bucket_key(op, m, s, dim, len(slices), max_rank)
         if key in table and not args.retune:
             continue
@@ -158,10 +172,11 @@ def main() -> None:
         if config is None:
             print(f"{key}: no candidate runs on this GPU; the default stays", flush=True)
             continue
-        default = default_config(op, m, s, dim, len(slices), max_rank, torch.device("cuda"))
+        if op == "fused":
+            config = _fused_or_separate(table, config, ms, dim_k, slices, max_rank, m, s)
         table[key] = config | {"us": round(ms * 1e3, 2)}
         done += 1
-        print(f"{key}: {config} {ms * 1e3:.1f} us (default {default['path']})", flush=True)
+        print(f"{key}: {config} {ms * 1e3:.1f} us", flush=True)
     path.parent.mkdir(exist_ok=True)
     record = {"gpu": name, "dtype": args.dtype, "torch": torch.__version__,
               "triton": triton.__version__, "configs": dict(sorted(table.items()))}  # fmt: skip
@@ -169,12 +184,25 @@ def main() -> None:
     print(f"wrote {len(table)} buckets to {path}")
 
 
+def _fused_or_separate(table, config, ms, k, slices, max_rank, m, s) -> dict:
+    """Keep the fused kernel for this bucket only if it beats the tuned shrink + expand."""
+    pair = [table.get(bucket_key(op, m, s, dim, len(slices), max_rank))
+            for op, dim in (("shrink", k), ("expand", sum(slices)))]  # fmt: skip
+    if any(p is None for p in pair):
+        return {"path": "separate", "note": "shrink/expand not tuned yet"}
+    separate_us = pair[0]["us"] + pair[1]["us"]
+    if ms * 1e3 < separate_us:
+        return config
+    return {"path": "separate", "separate_us": separate_us}
+
+
 def _jobs(models: list[str], ranks: list[int]) -> list[tuple]:
     """(op, K, slices, max_rank, bucket), shrink shapes keyed by K and expand by N (deduped)."""
     jobs, seen = [], set()
     for model, rank, bucket in itertools.product(models, ranks, BUCKETS):
         for k, slices in MODEL_TARGETS[model]:
-            for op, dim in (("shrink", k), ("expand", sum(slices))):
+            n = sum(slices)
+            for op, dim in (("shrink", k), ("expand", n), ("fused", f"{k}x{n}")):
                 key = (op, dim, len(slices), rank, bucket)
                 if key not in seen:
                     seen.add(key)

@@ -8,7 +8,9 @@ GPU and dtype is loaded once; a bucket it lacks (or a GPU with no table) gets ``
 a safe heuristic.
 
 A config is a dict: ``path`` ("tile" | "gemv"), ``BLOCK_M`` (tile only), ``BLOCK_K``, ``BLOCK_R``
-(shrink) or ``BLOCK_N`` (expand), ``SPLIT_K`` (shrink), ``num_warps``, ``num_stages``.
+(shrink) or ``BLOCK_N`` and ``N_TILES`` (expand), ``SPLIT_K`` (shrink), ``num_warps``,
+``num_stages``. Op "fused" (shrink and expand in one kernel, ``atmm.ops.fused``) has entries only
+where the tuner measured it faster than the separate pair (``path`` "fused"; else "separate").
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def _pow2_ceil(n: int) -> int:
     return 1 << max(0, n - 1).bit_length()
 
 
-def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
+def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int | str, num_slices: int,
                max_rank: int) -> str:  # fmt: skip
     return (
         f"{op}|m{_pow2_ceil(max_seg_len)}|s{_pow2_ceil(num_segments)}|d{dim}"
@@ -64,6 +66,18 @@ def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slice
     if key in table:
         return table[key]
     return default_config(op, max_seg_len, num_segments, dim, num_slices, max_rank, device)
+
+
+@cache
+def fused_config(max_seg_len: int, num_segments: int, in_features: int, out_features: int,
+                 num_slices: int, max_rank: int, dtype: torch.dtype,
+                 device: torch.device) -> dict | None:  # fmt: skip
+    """The fused kernel's config where the tuning found it faster than shrink + expand for this
+    bucket on this GPU and dtype; None elsewhere (no default: fused only where it wins)."""
+    dim = f"{in_features}x{out_features}"
+    key = bucket_key("fused", max_seg_len, num_segments, dim, num_slices, max_rank)
+    config = _table(device_name(device), dtype).get(key)
+    return config if config is not None and config["path"] == "fused" else None
 
 
 def default_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,

@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 
 from atmm.ops.expand import launch_expand
+from atmm.ops.fused import launch_fused
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import get_config
+from atmm.tuning import fused_config, get_config
 from atmm.types import LoRASegments, LoRAWeights, check_call
 
 
@@ -64,9 +65,16 @@ def lora_expand(
 
 
 def add_lora(y: torch.Tensor, x: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> torch.Tensor:
-    """In place: y += the LoRA term of every segment (shrink, then expand); returns y."""
+    """In place: y += the LoRA term of every segment; returns y. One fused kernel where the
+    tuned table says it wins for this shape, else shrink then expand."""
     check_call(x, y, w, segs)  # once: the launches below skip the per-op checks
-    if x.shape[0] and segs.num_segments:
+    if not (x.shape[0] and segs.num_segments):
+        return y
+    fused = fused_config(segs.max_seg_len, segs.num_segments, w.in_features, w.out_features,
+                         w.num_slices, w.max_rank, x.dtype, x.device)  # fmt: skip
+    if fused is not None:
+        launch_fused(x, w, y, segs, fused)
+    else:
         v = torch.empty(x.shape[0], w.num_slices, w.max_rank, dtype=torch.float32, device=x.device)
         launch_shrink(x, w.a, v, segs, w.ranks, shrink_config(x, w, segs))
         launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets,

@@ -17,6 +17,7 @@ import torch
 
 pytest.importorskip("triton")
 
+from atmm.ops.fused import launch_fused  # noqa: E402
 from atmm.ops.lora import add_lora, lora_expand, lora_shrink  # noqa: E402
 from atmm.ref import add_lora_ref, lora_shrink_ref  # noqa: E402
 from atmm.types import LoRASegments, validate_segments  # noqa: E402
@@ -100,6 +101,36 @@ def test_paths_and_split_k(path, split_k):
     expand = {"path": path, "BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16, "N_TILES": 2,
               "num_warps": 4, "num_stages": 1}  # fmt: skip
     _check_add_lora(segs, w, x, y, shrink, expand)
+
+
+@pytest.mark.parametrize("dtype", SMALL_DTYPES)
+@pytest.mark.parametrize("lens,popularity", [([1] * 5, "distinct"), ([1, 40, 7, 1], "hot"),
+                                             ([70, 33], "uniform")])  # fmt: skip
+def test_fused_kernel(dtype, lens, popularity):
+    """The fused shrink+expand kernel (v never leaves registers) against the reference."""
+    segs, w, x, y = _case(lens, popularity, dtype, 64, [32, 16, 16], seed=len(lens))
+    config = {"BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_N": 16, "N_TILES": 2, "num_warps": 4,
+              "num_stages": 1}  # fmt: skip
+    want = add_lora_ref(y, x, w, segs)
+    got = y.clone()
+    launch_fused(x, w, got, segs, config)
+    scale = want.float().abs().max()
+    torch.testing.assert_close(got.float() / scale, want.float() / scale, atol=TOL[dtype], rtol=0)
+    rows = _untouched_rows(segs)
+    assert torch.equal(got[rows], y[rows])
+
+
+def test_add_lora_takes_the_fused_kernel_only_where_the_table_says_so(monkeypatch):
+    import atmm.ops.lora as ops
+
+    calls = []
+    monkeypatch.setattr(ops, "launch_fused", lambda *args: calls.append("fused"))
+    segs, w, x, y = _case([1, 1], "distinct", torch.float32, 32, [16], seed=1)
+    add_lora(y.clone(), x, w, segs)  # no tuned entry on this device: separate kernels
+    assert calls == []
+    monkeypatch.setattr(ops, "fused_config", lambda *args: {"path": "fused"})
+    add_lora(y.clone(), x, w, segs)
+    assert calls == ["fused"]
 
 
 def test_empty_segments_and_padding_segments():
