@@ -5,10 +5,11 @@ Imports no torch. The manager hands out block ids; the KV tensors live in the mo
 Invariants
 - Every block is in exactly one state: *free* (ref 0, no hash, in ``_free``), *cached-idle*
   (ref 0, hashed, in ``_evictable``), or *in use* (ref > 0, possibly hashed).
-- A hashed block holds exactly the full block of tokens its hash names. Hashes chain: block i's
-  hash covers (hash of block i-1, its token ids, the content hashes of images overlapping it),
-  and the chain is seeded with the request's adapter id **and** version, so two adapters (or two
-  versions of one adapter) never share a block.
+- A hashed block holds exactly the full block of tokens its hash names; several blocks may hold
+  one hash (requests that computed the same prefix at once), and a hit takes any of them.
+  Hashes chain: block i's hash covers (hash of block i-1, its token ids, the content hashes of
+  images overlapping it), and the chain is seeded with the request's adapter id **and**
+  version, so two adapters (or two versions of one adapter) never share a block.
 - Only full blocks whose KV has been computed are hashed; a request never reuses the block that
   would hold its last prompt token (its logits must be computed).
 - Idle cached blocks are evicted least recently freed first; a request frees its blocks tail
@@ -73,7 +74,9 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self._ref = [0] * num_blocks
         self._hash_of: list[bytes | None] = [None] * num_blocks
-        self._block_of_hash: dict[bytes, int] = {}
+        # hash -> the blocks holding it (insertion-ordered set): two requests that computed the
+        # same prefix in the same step both register, so evicting one copy keeps the other
+        self._block_of_hash: dict[bytes, dict[int, None]] = {}
         self._free: list[int] = list(range(num_blocks - 1, -1, -1))  # pop() -> lowest id
         self._evictable: OrderedDict[int, None] = OrderedDict()  # LRU order, oldest first
         self.stats = PrefixCacheStats()
@@ -105,9 +108,10 @@ class BlockManager:
         if self.enable_prefix_caching:
             max_blocks = (num_tokens - 1) // self.block_size  # keep the last token to compute
             for block_hash_value in islice(self._prefix_hashes(seq, max_blocks), max_blocks):
-                block_id = self._block_of_hash.get(block_hash_value)
-                if block_id is None:
+                holders = self._block_of_hash.get(block_hash_value)
+                if not holders:
                     break
+                block_id = next(iter(holders))
                 self._take(block_id)
                 seq.block_table.append(block_id)
             num_hit = len(seq.block_table) * self.block_size
@@ -138,9 +142,9 @@ class BlockManager:
         hashes = self._prefix_hashes(seq, num_full)
         for i in range(first, num_full):
             block_id, value = seq.block_table[i], hashes[i]
-            if self._hash_of[block_id] is None and value not in self._block_of_hash:
+            if self._hash_of[block_id] is None:
                 self._hash_of[block_id] = value
-                self._block_of_hash[value] = block_id
+                self._block_of_hash.setdefault(value, {})[block_id] = None
 
     def free(self, seq: Sequence) -> None:
         """Release every block of ``seq`` (tail first) and reset its progress."""
@@ -191,8 +195,11 @@ class BlockManager:
 
     def _drop_hash(self, block_id: int) -> None:
         value = self._hash_of[block_id]
-        if value is not None and self._block_of_hash.get(value) == block_id:
-            del self._block_of_hash[value]
+        holders = self._block_of_hash.get(value) if value is not None else None
+        if holders is not None:
+            holders.pop(block_id, None)
+            if not holders:
+                del self._block_of_hash[value]
         self._hash_of[block_id] = None
 
     def check_invariants(self) -> None:
@@ -204,8 +211,10 @@ class BlockManager:
             assert (block_id in free) + (block_id in idle) + in_use == 1, block_id
             assert block_id not in free or self._hash_of[block_id] is None
             assert block_id not in idle or self._hash_of[block_id] is not None
-        for value, block_id in self._block_of_hash.items():
-            assert self._hash_of[block_id] == value
+        for value, holders in self._block_of_hash.items():
+            assert holders and all(self._hash_of[b] == value for b in holders)
+        hashed = [b for b in range(self.num_blocks) if self._hash_of[b] is not None]
+        assert all(b in self._block_of_hash[self._hash_of[b]] for b in hashed)
 
     @property
     def all_free(self) -> bool:

@@ -158,3 +158,27 @@ def test_blocks_filled_by_decode_are_cached_incrementally():
     bm.free(seq)
     bm.free(twin)
     assert bm.all_free
+
+
+def test_twin_prefixes_computed_at_once_both_stay_cached():
+    """Two requests with one prompt, admitted in the same step, each compute their own copy;
+    when one copy is evicted the other still serves hits."""
+    bm = BlockManager(num_blocks=8, block_size=4)
+    tokens = list(range(9))
+    a, b = Seq(list(tokens)), Seq(list(tokens))
+    for seq in (a, b):  # both admitted before either computed anything
+        assert bm.allocate_prefix(seq) == 0
+        bm.append_slots(seq, len(tokens))
+    for seq in (a, b):
+        seq.num_computed_tokens = len(tokens)
+        bm.cache_full_blocks(seq, len(tokens))
+        bm.check_invariants()
+    a_blocks = list(a.block_table[:2])
+    bm.free(a)  # a's two full blocks become idle cached blocks, b still holds its copies
+    filler = Seq(list(range(100, 120)))
+    run_prefill(bm, filler)  # 5 blocks: the 3 free ones, then a's 2 idle copies are evicted
+    assert all(bm._hash_of[block] is None or block in filler.block_table for block in a_blocks)
+    bm.free(filler)
+    third = Seq(list(tokens))
+    assert run_prefill(bm, third) == 8  # served by b's copies
+    assert third.block_table[:2] == b.block_table[:2]
