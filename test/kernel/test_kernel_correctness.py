@@ -244,3 +244,21 @@ def _random_table(seed, num_segments, max_len):
     lens = torch.randint(0, max_len + 1, (num_segments,), generator=gen).tolist()
     slots = torch.randint(-1, 16, (num_segments,), generator=gen).tolist()
     return lens, slots
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("lens", [[1] * 8, [1] * 64, [256] * 4])
+@pytest.mark.parametrize("target", ["q", "qkv", "gate"])
+def test_gpu_fused_kernel_real_sizes(dtype, lens, target):
+    segs, w, x, y = _case(lens, "distinct", dtype, 3584, GPU_TARGETS[target], len(lens),
+                          device="cuda")  # fmt: skip
+    config = {"path": "fused", "BLOCK_M": 16 if lens[0] == 1 else 64, "BLOCK_K": 64,
+              "BLOCK_N": 64, "N_TILES": 4, "num_warps": 4, "num_stages": 2}  # fmt: skip
+    want = add_lora_ref(y, x, w, segs)
+    got = y.clone()
+    launch_fused(x, w, got, segs, config)
+    scale = want.float().abs().max()
+    torch.testing.assert_close(got.float() / scale, want.float() / scale, atol=TOL[dtype], rtol=0)
+    rows = _untouched_rows(segs)
+    assert torch.equal(got[rows], y[rows])
