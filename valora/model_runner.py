@@ -26,6 +26,8 @@ from valora.scheduler import SchedulerOutput
 def token_positions(request: Request, start: int, end: int) -> np.ndarray:
     """M-RoPE positions [3, end - start] of the request's tokens [start, end)."""
     prompt_len = request.num_prompt_tokens
+    if start >= prompt_len:  # generated tokens only (every decode step): text positions
+        return np.broadcast_to(np.arange(start, end) + request.rope_delta, (3, end - start))
     parts = []
     if start < prompt_len:
         parts.append(request.mrope_positions[:, start : min(end, prompt_len)])
@@ -77,10 +79,8 @@ class ModelRunner:
             start, end = request.num_computed_tokens, request.num_computed_tokens + num
             context_lens.append(end)
             ids.extend(request.token_ids(start, end))
-            if start >= request.num_prompt_tokens:  # generated tokens: text positions
-                positions[:, row : row + num] = np.arange(start, end) + request.rope_delta
-            else:
-                positions[:, row : row + num] = token_positions(request, start, end)
+            positions[:, row : row + num] = token_positions(request, start, end)
+            if start < request.num_prompt_tokens:
                 self._add_image_rows(request, start, end, row, image_rows, embeds)
             row += num
             if end == request.num_tokens:
