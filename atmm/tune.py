@@ -148,6 +148,7 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="start from an empty table")
     parser.add_argument("--ops", nargs="+", default=["shrink", "expand", "fused"])
     parser.add_argument("--min-seg-len", type=int, default=1, help="skip shorter buckets")
+    parser.add_argument("--max-seg-len", type=int, default=8192, help="skip longer buckets")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
     parser.add_argument("--budget-s", type=float, default=float("inf"))
     parser.add_argument("--retune", action="store_true")
@@ -159,7 +160,7 @@ def main() -> None:
     jobs = _jobs(args.models, args.ranks)
     deadline, done = time.monotonic() + args.budget_s, 0
     for op, dim_k, slices, max_rank, (m, s) in jobs:
-        if op not in args.ops or m < args.min_seg_len:
+        if op not in args.ops or not args.min_seg_len <= m <= args.max_seg_len:
             continue
         dim = {"shrink": dim_k, "expand": sum(slices), "fused": f"{dim_k}x{sum(slices)}"}[op]
         key = bucket_key(op, m, s, dim, len(slices), max_rank)
