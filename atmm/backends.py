@@ -23,6 +23,8 @@ from atmm.types import LoRASegments, LoRAWeights
 class LoRABackend(Protocol):
     name: str
     graph_safe: bool  # add_lora never syncs with the host (can be captured in a CUDA graph)
+    # optional ``static_prepare``: prepare's result stays valid when the pool's contents (ranks,
+    # scalings, rows) change; otherwise prepare again after every change
 
     def prepare(self, weights: LoRAWeights) -> Any: ...
 

@@ -19,7 +19,12 @@ Pool. One LoRA target (q, o, down ...) or a stack of targets that share an input
     v[t, s, :r]               = x[t] @ a[slot, s, :r]^T                  (shrink; fp32)
     y[t, off_s:off_{s+1}]    += c * v[t, s, :r] @ b[slot, :r, off_s:off_{s+1}]   (expand)
 
-which is PEFT's ``y += scaling * B_s(A_s(x))`` with ``a[slot, s, :r] = lora_A.weight`` [r, K] and
+A *packed* pool may give the slot dimension a stride of one rank row (``a.stride(0) == K``,
+``b.stride(0) == N``): slot o then means rows ``o .. o + ranks[o]`` of a shared buffer, so adapters
+of different ranks sit next to each other without padding (``ranks``/``scalings`` are indexed by
+the same o). Every op and baseline reads the pool through its strides.
+
+This is PEFT's ``y += scaling * B_s(A_s(x))`` with ``a[slot, s, :r] = lora_A.weight`` [r, K] and
 ``b[slot, :r, off_s:off_{s+1}] = lora_B.weight.T`` [r, N_s].
 """
 
@@ -137,8 +142,8 @@ def check_weights(w: LoRAWeights) -> None:
         raise ValueError(f"slice_offsets {offsets} must increase")
     if w.ranks.shape != (w.num_slots,) or w.scalings.shape != (w.num_slots,):
         raise ValueError("ranks and scalings need one entry per slot")
-    if not (w.a.is_contiguous() and w.b.is_contiguous()):
-        raise ValueError("the a and b pools must be contiguous")
+    if w.a.stride(3) != 1 or w.b.stride(2) != 1 or w.a.stride(2) != w.a.shape[3]:
+        raise ValueError("a and b need contiguous rows (a: [.., R, K] rows of K, b: rows of N)")
 
 
 def check_segments(segs: LoRASegments, device: torch.device) -> None:

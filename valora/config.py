@@ -173,5 +173,10 @@ def _eos_ids(eos: int | list[int] | None) -> tuple[int, ...]:
     return tuple(ids)
 
 
+def triton_interpreter_enabled() -> bool:
+    """Triton kernels can run on the CPU only in its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def is_model_setting(name: str) -> bool:
     return name in exp_suite.MODEL_SETTINGS

@@ -13,6 +13,11 @@ The graphs capture the whole language model and the LM head ([G, V] fp32 logits)
 stays outside. Decode attention splits depend on the batch size only
 (``num_kv_splits_for``), so one graph serves every context length up to the block-table width
 (``max_model_len``). Graphs share one memory pool, captured largest first.
+
+With LoRA, each size is captured once per variant the policy can produce: "none" (no adapter
+rows, or every row the merged adapter's), "unmerged" (each row's own adapter: one segment per
+row, slots in a static buffer) and "mixture" (own adapters plus the merged adapter's
+correction). A step replays the variant its rows need.
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from atmm.types import LoRASegments
 from valora.forward import EagerForward, StepBatch
+from valora.layers.lora import lora_mode
 from valora.layers.paged_attention import KVCache, PagedAttentionMetadata
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
@@ -46,8 +53,12 @@ class DecodeGraphs:
         kv_cache: KVCache,
         max_batch_size: int,
         max_model_len: int,
+        runtime=None,
+        variants: tuple[str, ...] = ("none",),
     ) -> None:
         self.model = model
+        self.runtime = runtime  # valora.layers.lora.LoRARuntime, or None (no LoRA)
+        self.variants = variants  # LoRA variants captured: "none", "unmerged", "mixture"
         self.sizes = capture_sizes(max_batch_size)
         self.pad_slot = kv_cache.scratch_slot
         width = -(-max_model_len // kv_cache.block_size)
@@ -59,8 +70,12 @@ class DecodeGraphs:
         self.context_lens = torch.ones(size, dtype=torch.int32, device=device)
         self.query_start = torch.arange(size + 1, dtype=torch.int32, device=device)
         self.no_image_rows = torch.zeros(0, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.logits: dict[int, torch.Tensor] = {}  # size -> [size, V] fp32, the graph's output
+        # LoRA segments: one per row (decode), slots per row; -1 (no adapter) on padding rows
+        self.seg_indptr = torch.arange(size + 1, dtype=torch.int32, device=device)
+        self.own_slots = torch.full((size,), -1, dtype=torch.int32, device=device)
+        self.corr_slots = torch.full((size,), -1, dtype=torch.int32, device=device)
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.logits: dict[tuple[str, int], torch.Tensor] = {}  # [size, V] fp32 graph outputs
 
     @property
     def max_batch_size(self) -> int:
@@ -72,15 +87,27 @@ class DecodeGraphs:
 
     def capture(self) -> None:
         pool = None
-        for size in tqdm(sorted(self.sizes, reverse=True), desc="capturing decode graphs"):
+        jobs = [(v, s) for s in sorted(self.sizes, reverse=True) for v in self.variants]
+        for variant, size in tqdm(jobs, desc="capturing decode graphs"):
+            self._set_lora_segments(variant, size)
             self._forward(size)  # warm-up: compiles the kernels outside the capture
             torch.cuda.synchronize()
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph, pool=pool):
-                self.logits[size] = self._forward(size)
+                self.logits[(variant, size)] = self._forward(size)
             pool = graph.pool()
-            self.graphs[size] = graph
+            self.graphs[(variant, size)] = graph
+        if self.runtime is not None:
+            self.runtime.clear()
         torch.cuda.synchronize()
+
+    def _set_lora_segments(self, variant: str, size: int) -> None:
+        if self.runtime is None:
+            return
+        indptr = self.seg_indptr[: size + 1]
+        own = LoRASegments(indptr, self.own_slots[:size], 1) if variant != "none" else None
+        corr = LoRASegments(indptr, self.corr_slots[:size], 1) if variant == "mixture" else None
+        self.runtime.set_segments("language", own, corr)
 
     def _forward(self, size: int) -> torch.Tensor:
         meta = PagedAttentionMetadata(
@@ -96,10 +123,30 @@ class DecodeGraphs:
         )
         return self.model.compute_logits(hidden)
 
+    def variant(self, batch: StepBatch) -> str:
+        if batch.seq_slots is None:
+            return "none"
+        mode = lora_mode(batch.seq_slots, batch.merged_slot)
+        return "none" if mode == "merged" else mode
+
+    def _copy_lora_slots(self, batch: StepBatch, variant: str, size: int) -> None:
+        if variant == "none":
+            return
+        m, num = batch.merged_slot, batch.num_seqs
+        own = np.full(size, -1, dtype=np.int32)
+        own[:num] = [-1 if s == m else s for s in batch.seq_slots]
+        self.own_slots[:size].copy_(torch.from_numpy(own), non_blocking=True)
+        if variant == "mixture":
+            corr = np.full(size, -1, dtype=np.int32)
+            corr[:num] = [-1 if s == m else m for s in batch.seq_slots]
+            self.corr_slots[:size].copy_(torch.from_numpy(corr), non_blocking=True)
+
     def replay(self, batch: StepBatch) -> torch.Tensor:
         """Logits [B, V] of a decode batch (a view into the graph's output buffer)."""
         num = batch.num_seqs
         size = next(s for s in self.sizes if s >= num)
+        variant = self.variant(batch)
+        self._copy_lora_slots(batch, variant, size)
         width = batch.block_tables.shape[1]
         slots = np.full(size, self.pad_slot, dtype=np.int64)
         slots[:num] = batch.slot_mapping
@@ -112,8 +159,8 @@ class DecodeGraphs:
         self.block_tables[:num, :width].copy_(
             torch.from_numpy(batch.block_tables), non_blocking=True
         )
-        self.graphs[size].replay()
-        return self.logits[size][:num]
+        self.graphs[(variant, size)].replay()
+        return self.logits[(variant, size)][:num]
 
 
 class GraphForward:
@@ -128,6 +175,7 @@ class GraphForward:
             batch.is_decode
             and batch.num_seqs <= self.graphs.max_batch_size
             and batch.block_tables.shape[1] <= self.graphs.max_blocks_per_seq
+            and self.graphs.variant(batch) in self.graphs.variants
         ):
             return self.graphs.replay(batch)
         return self.eager(batch)

@@ -13,17 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
+from valora.adapters.manager import LoRAConfig, LoRAManager
 from valora.block_manager import BlockManager
 from valora.config import ModelConfig, is_model_setting
-from valora.cuda_graphs import DecodeGraphs, GraphForward
+from valora.cuda_graphs import DecodeGraphs, GraphForward, capture_sizes
 from valora.forward import EagerForward
 from valora.inputs import PromptType, build_request
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner
+from valora.orchestrator import make_policy
 from valora.output_processor import OutputProcessor, SampledToken
 from valora.request import Request, RequestOutput, RequestStatus
 from valora.sampling_params import SamplingParams
-from valora.scheduler import Scheduler, SchedulerConfig
+from valora.scheduler import OpenGate, Scheduler, SchedulerConfig, SchedulerOutput
 from valora.tokenizer import Tokenizer
 from valora.weights import load_model
 
@@ -40,6 +42,8 @@ class EngineConfig:
     scheduler: SchedulerConfig = SchedulerConfig()
     seed: int = 0  # dummy-weight seed
     enforce_eager: bool = False  # True: no CUDA graphs for decode steps
+    lora: LoRAConfig | None = None  # None: no LoRA (no pool, no LoRA layers)
+    policy_options: tuple[tuple[str, object], ...] = ()  # keyword options of the policy
 
 
 class LLMEngine:
@@ -49,6 +53,8 @@ class LLMEngine:
         self.model_config: ModelConfig = self.model.cfg
         is_dir = not is_model_setting(config.model)
         self.tokenizer = Tokenizer.load(config.model if is_dir else None)
+        self.policy = make_policy(config.scheduler.policy, **dict(config.policy_options))
+        self.lora = self._lora_manager()  # before the KV cache: it takes GPU memory
         num_blocks = self._num_kv_blocks()
         cfg = self.model_config
         kv_cache = KVCache(cfg.num_hidden_layers, num_blocks, config.block_size,
@@ -59,20 +65,39 @@ class LLMEngine:
                                           config.enable_prefix_caching)  # fmt: skip
         max_len = min(config.scheduler.max_model_len, cfg.max_position_embeddings)
         sched_cfg = dataclasses.replace(config.scheduler, max_model_len=max_len)
-        self.scheduler = Scheduler(sched_cfg, self.block_manager)
-        self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache))
+        self.scheduler = Scheduler(sched_cfg, self.block_manager, self.policy,
+                                   self.lora or OpenGate())  # fmt: skip
+        self.policy.bind(num_blocks * config.block_size)
+        self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache),
+                                  lora=self.lora)  # fmt: skip
         self.outputs = OutputProcessor(self.tokenizer, max_len)
         self._requests: dict[str, Request] = {}  # unfinished requests by id
 
+    def _lora_manager(self) -> LoRAManager | None:
+        lora = self.config.lora
+        if lora is None:
+            return None
+        backend = lora.backend or self.policy.backend
+        return LoRAManager(self.model, lora, backend, self.policy.can_merge, self.config.dtype,
+                           self.config.device)  # fmt: skip
+
     def _forward_strategy(self, kv_cache: KVCache):
         """Captured decode graphs on CUDA (unless enforce_eager, or the attention backend reads
-        host-side lengths and so cannot be replayed), eager forwards otherwise."""
-        eager = EagerForward(self.model)
+        host-side lengths, or the LoRA backend must re-prepare its pool views after adapter
+        loads), eager forwards otherwise."""
+        runtime = None if self.lora is None else self.lora.runtime
+        eager = EagerForward(self.model, runtime)
         graph_safe = getattr(self.model.attn_backend, "graph_safe", False)
+        if runtime is not None:
+            graph_safe = graph_safe and runtime.backend.graph_safe and runtime.static_prepare
         if not self.config.device.startswith("cuda") or self.config.enforce_eager or not graph_safe:
             return eager
+        variants = ("none",)
+        if runtime is not None:
+            variants += ("unmerged", "mixture") if self.policy.can_merge else ("unmerged",)
         max_seqs = self.scheduler.config.max_num_seqs
-        graphs = DecodeGraphs(self.model, kv_cache, max_seqs, self.scheduler.config.max_model_len)
+        graphs = DecodeGraphs(self.model, kv_cache, max_seqs, self.scheduler.config.max_model_len,
+                              runtime, variants)  # fmt: skip
         graphs.capture()
         return GraphForward(graphs, eager)
 
@@ -86,6 +111,9 @@ class LLMEngine:
         per_token = KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
                                             cfg.head_dim, c.dtype)  # fmt: skip
         usable = total * c.gpu_memory_utilization - (total - free) - (1 << 30)  # 1 GiB headroom
+        if c.lora is not None and not c.enforce_eager:  # graph logits of the LoRA variants
+            variants = 2 if self.policy.can_merge else 1
+            usable -= variants * sum(capture_sizes(c.scheduler.max_num_seqs)) * cfg.vocab_size * 4
         return max(1, int(usable // (per_token * c.block_size)) - 1)  # - the scratch block
 
     # ---- requests -------------------------------------------------------------------------
@@ -94,13 +122,15 @@ class LLMEngine:
         request_id: str,
         prompt: PromptType,
         params: SamplingParams | None = None,
-        adapter: tuple[str, int] | None = None,
+        adapter: str | None = None,
     ) -> Request:
+        """``adapter`` names a loaded adapter (its newest version); None: the base model."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
+        key = self._resolve_adapter(adapter)
         request = build_request(request_id, prompt, params, self.tokenizer, self.model_config,
-                                adapter)  # fmt: skip
+                                key)  # fmt: skip
         max_len = self.scheduler.config.max_model_len
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
         if request.num_prompt_tokens >= min(max_len, capacity):
@@ -111,7 +141,16 @@ class LLMEngine:
         self.scheduler.add_request(request)
         self._requests[request_id] = request
         self.outputs.add(request)
+        if key is not None:
+            self.lora.registry.ref(key)
         return request
+
+    def _resolve_adapter(self, name: str | None) -> tuple[str, int] | None:
+        if name is None:
+            return None
+        if self.lora is None:
+            raise ValueError(f"unknown adapter {name!r}: this engine was started without LoRA")
+        return self.lora.resolve(name)
 
     def abort(self, request_id: str) -> bool:
         request = self._requests.get(request_id)
@@ -126,13 +165,31 @@ class LLMEngine:
 
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        sched = self.scheduler.schedule()
+        sched = self._schedule()
         if sched.is_empty:
             return []
-        sampled = self.runner.execute(sched)
+        start = time.perf_counter()
+        sampled = self.runner.execute(sched)  # ends with the sampled tokens on the host
+        self.policy.observe(self.runner.step_record(time.perf_counter() - start))
         ready = self.scheduler.update(sched)
         outputs = (self._append(request, sampled[request.request_id]) for request in ready)
         return [out for out in outputs if out is not None]
+
+    def _schedule(self) -> SchedulerOutput:
+        """The policy's plan (switching the merged adapter if it changes), then the batch. A
+        plan that holds every runnable request is dropped for this step, so nothing stalls."""
+        sched = self.scheduler
+        plan = self.policy.plan(sched.waiting, sched.running, self.lora and self.lora.merged,
+                                time.monotonic())  # fmt: skip
+        if self.lora is not None and self.lora.merger is not None:
+            if plan.merged != self.lora.merged:
+                self.policy.observe_switch(self.lora.switch(plan.merged))
+        out = sched.schedule(plan.hold)
+        if out.is_empty and plan.hold is not None and sched.num_unfinished:
+            out = sched.schedule()
+        if self.lora is not None:
+            self.lora.prefetch(list(sched.waiting)[:4])
+        return out
 
     def _append(self, request: Request, token: SampledToken) -> RequestOutput | None:
         request.first_token_time = request.first_token_time or time.monotonic()
@@ -144,6 +201,8 @@ class LLMEngine:
     def _finish(self, request: Request, status: RequestStatus) -> None:
         self.scheduler.finish(request, status)
         self.runner.release(request.request_id)
+        if request.adapter_id is not None:
+            self.lora.registry.unref((request.adapter_id, request.adapter_version))
         self._requests.pop(request.request_id, None)
         request.finish_time = time.monotonic()
         self.outputs.finish(request)

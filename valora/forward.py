@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from valora.layers.lora import step_segments
 from valora.layers.paged_attention import PagedAttentionMetadata
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.request import Request
@@ -31,6 +32,8 @@ class StepBatch:
     image_rows: list[int]  # rows of the batch that take image embeddings, in order
     sample_rows: list[int]  # last row of each request that samples this step
     sample_requests: list[Request]
+    seq_slots: list[int] | None = None  # adapter pool slot per sequence (-1: base); None: no LoRA
+    merged_slot: int | None = None  # pool slot of the adapter merged into the base, if any
 
     @property
     def num_seqs(self) -> int:
@@ -46,13 +49,18 @@ class StepBatch:
 
 class EagerForward:
     """Runs the model on any StepBatch; returns logits [len(sample_rows), V] fp32 (None when no
-    row samples)."""
+    row samples). With LoRA (``runtime``), sets the language tower's segments first."""
 
-    def __init__(self, model: Qwen2VLForConditionalGeneration) -> None:
+    def __init__(self, model: Qwen2VLForConditionalGeneration, runtime=None) -> None:
         self.model = model
+        self.runtime = runtime  # valora.layers.lora.LoRARuntime or None
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         device = self.model.device
+        if self.runtime is not None:
+            _, own, corr = step_segments(batch.seq_slots, batch.query_lens, batch.merged_slot,
+                                         device)  # fmt: skip
+            self.runtime.set_segments("language", own, corr)
         meta = PagedAttentionMetadata.from_arrays(
             batch.query_lens, batch.context_lens, batch.slot_mapping, batch.block_tables, device
         )

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 
 from valora.forward import EagerForward, StepBatch
+from valora.layers.lora import lora_mode
 from valora.layers.paged_attention import KVCache, padded_block_tables, slot_mapping
 from valora.layers.sampler import Sampler, SamplingBatch
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from valora.orchestrator import StepRecord
 from valora.output_processor import SampledToken
 from valora.request import Request
 from valora.scheduler import SchedulerOutput
@@ -52,8 +54,10 @@ class ModelRunner:
         kv_cache: KVCache,
         sampler: Sampler | None = None,
         forward: Callable[[StepBatch], torch.Tensor | None] | None = None,
+        lora=None,
     ) -> None:
         self.model = model
+        self.lora = lora  # valora.adapters.manager.LoRAManager, or None (no LoRA)
         self.kv_cache = kv_cache
         self.sampler = sampler or Sampler()
         self.forward = forward or EagerForward(model)
@@ -63,7 +67,7 @@ class ModelRunner:
 
     @torch.inference_mode()
     def execute(self, sched: SchedulerOutput) -> dict[str, SampledToken]:
-        batch = self.prepare(sched)
+        batch = self.last_batch = self.prepare(sched)
         logits = self.forward(batch)
         if logits is None:
             return {}
@@ -90,6 +94,8 @@ class ModelRunner:
                 self._encoder_cache.pop(request.request_id, None)
         tables = [r.block_table for r in sched.requests]
         query_lens = list(sched.num_new_tokens)
+        lora = self.lora
+        seq_slots = None if lora is None else [lora.slot_of(r) for r in sched.requests]
         return StepBatch(
             input_ids=np.asarray(ids, dtype=np.int64),
             positions=positions,
@@ -101,7 +107,23 @@ class ModelRunner:
             image_rows=image_rows,
             sample_rows=sample_rows,
             sample_requests=sample_requests,
+            seq_slots=seq_slots,
+            merged_slot=None if lora is None else lora.merged_slot,
         )
+
+    def step_record(self, seconds: float) -> StepRecord:
+        """The last executed step as the orchestration policy's cost model sees it."""
+        batch = self.last_batch
+        num_tokens = len(batch.input_ids)
+        if batch.seq_slots is None:
+            return StepRecord("none", num_tokens, 0, 0, seconds)
+        m = batch.merged_slot
+        mode = lora_mode(batch.seq_slots, m)
+        own = [(s, n) for s, n in zip(batch.seq_slots, batch.query_lens) if s >= 0 and s != m]
+        corr_rows = 0 if m is None else sum(n for s, n in zip(batch.seq_slots, batch.query_lens)
+                                            if s != m)  # fmt: skip
+        segments = len(own) + (corr_rows > 0)
+        return StepRecord(mode, num_tokens, sum(n for _, n in own) + corr_rows, segments, seconds)
 
     def _add_image_rows(self, request, start, end, row, image_rows, embeds) -> None:
         """Append the image embeddings of prompt tokens [start, end) and their batch rows."""
@@ -124,6 +146,8 @@ class ModelRunner:
         cached = self._encoder_cache.get(request.request_id)
         if cached is None:
             pixels = torch.cat([im.pixel_values for im in request.images])
+            if self.lora is not None:  # the vision tower's LoRA: this request's adapter
+                self.lora.set_vision_adapter(request, pixels.shape[0])
             cached = self.model.encode_images(pixels, [im.grid_thw for im in request.images])
             self._encoder_cache[request.request_id] = cached
         return cached

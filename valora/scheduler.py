@@ -10,6 +10,8 @@ Invariants
 - A request is in exactly one of ``waiting`` / ``running``, or finished (in neither).
 - A running request holds blocks for all its computed and scheduled tokens; a waiting one holds
   none (a preempted request gives everything back and recomputes, prefix cache permitting).
+- A running request's adapter is pinned in the GPU pool (``AdapterGate``): admitted only if it
+  could be pinned, unpinned on preemption and when it finishes.
 - When blocks run out, the most recently admitted running request is preempted first; the
   request being scheduled preempts itself only if it is the last one, so nothing deadlocks.
 """
@@ -17,11 +19,12 @@ Invariants
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from valora.block_manager import BlockManager
+from valora.orchestrator import POLICIES
 from valora.request import Request, RequestStatus
 
 
@@ -49,13 +52,27 @@ class AdmissionPolicy(Protocol):
     def order(self, waiting: deque[Request], running: list[Request]) -> Iterable[Request]: ...
 
 
-class FCFSPolicy:
-    def order(self, waiting: deque[Request], running: list[Request]) -> Iterable[Request]:
-        return list(waiting)
+class AdapterGate(Protocol):
+    """Pins a request's adapter in the GPU pool on admission (False: no room now) and unpins it
+    when the request leaves the running set. The engine's LoRA manager implements it."""
+
+    def admit(self, request: Request) -> bool: ...
+
+    def release(self, request: Request) -> None: ...
 
 
-# name -> policy class; the LoRA orchestrator's policies register here
-ADMISSION_POLICIES: dict[str, type] = {"fcfs": FCFSPolicy}
+class OpenGate:
+    """No LoRA: every request is admitted."""
+
+    def admit(self, request: Request) -> bool:
+        return True
+
+    def release(self, request: Request) -> None:
+        pass
+
+
+# name -> policy class: the orchestration policies (their ``order`` is the admission order)
+ADMISSION_POLICIES = POLICIES
 
 
 @dataclass
@@ -86,10 +103,12 @@ class Scheduler:
         config: SchedulerConfig,
         block_manager: BlockManager,
         policy: AdmissionPolicy | None = None,
+        gate: AdapterGate | None = None,
     ) -> None:
         self.config = config
         self.block_manager = block_manager
         self.policy = policy or ADMISSION_POLICIES[config.policy]()
+        self.gate = gate or OpenGate()
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.num_preemptions = 0
@@ -107,20 +126,22 @@ class Scheduler:
         request.status = RequestStatus.WAITING
         self.waiting.append(request)
 
-    def schedule(self) -> SchedulerOutput:
+    def schedule(self, hold: Callable[[Request], bool] | None = None) -> SchedulerOutput:
+        """The step's batch; requests for which ``hold`` is true sit this step out (running ones
+        keep their blocks, waiting ones are not admitted)."""
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         for request in list(self.running):
             if budget == 0:
                 break
-            if request not in self.running:  # preempted by an earlier request this step
-                continue
+            if request not in self.running or (hold is not None and hold(request)):
+                continue  # preempted by an earlier request this step, or held
             num = min(request.num_uncomputed_tokens, budget)
             if num and self._reserve(request, num, out):
                 out.add(request, num)
                 budget -= num
         if not out.preempted:
-            budget = self._admit(out, budget)
+            budget = self._admit(out, budget, hold)
         return out
 
     def _reserve(self, request: Request, num: int, out: SchedulerOutput) -> bool:
@@ -134,11 +155,13 @@ class Scheduler:
         bm.append_slots(request, num)
         return True
 
-    def _admit(self, out: SchedulerOutput, budget: int) -> int:
+    def _admit(self, out: SchedulerOutput, budget: int, hold) -> int:
         bm = self.block_manager
         for request in self.policy.order(self.waiting, self.running):
             if budget == 0 or len(self.running) >= self.config.max_num_seqs:
                 break
+            if (hold is not None and hold(request)) or not self.gate.admit(request):
+                continue  # held, or no room for its adapter now: others may still fit
             bm.allocate_prefix(request)
             num = min(request.num_uncomputed_tokens, budget)
             chunk_refused = num < request.num_uncomputed_tokens and not (
@@ -146,6 +169,7 @@ class Scheduler:
             )
             if chunk_refused or not bm.can_append(request, num):
                 bm.free(request)  # give the prefix blocks back; try again next step
+                self.gate.release(request)
                 break
             bm.append_slots(request, num)
             self.waiting.remove(request)
@@ -158,6 +182,7 @@ class Scheduler:
     def _preempt(self, request: Request, out: SchedulerOutput) -> None:
         self.running.remove(request)
         self.block_manager.free(request)
+        self.gate.release(request)
         request.status = RequestStatus.PREEMPTED
         request.num_preemptions += 1
         self.num_preemptions += 1
@@ -185,6 +210,7 @@ class Scheduler:
         """Remove a request (stopped, length-capped or aborted) and release its blocks."""
         if request in self.running:
             self.running.remove(request)
+            self.gate.release(request)
         elif request in self.waiting:
             self.waiting.remove(request)
         self.block_manager.free(request)

@@ -9,16 +9,16 @@ with ``mapping`` [T, num_slots] the per-token one-hot adapter matrix (scaling fo
 tokens with no adapter all zero) and A / B every slot's weights zero-padded to max_rank. Here, per
 slice s: ``y[:, off_s:off_{s+1}] += delta_s``.
 
-``prepare`` zero-pads (rank rows past ``ranks[slot]`` become 0, so padding adds nothing) and
-pre-arranges the pool so torch lowers the einsum to two plain GEMMs without copies: A_s is stored
-[K, num_slots, R] and passed as its [num_slots, K, R] view, B_s is [num_slots, R, N_s]. The
-operands are passed in the order x, A, mapping, B (same subscripts and result) and contracted
-left to right (opt_einsum's path search is switched off for the call): ``(x @ A_all) * mapping
-@ B_all``. dLoRA's own operand order, left to right, would first materialise x once per slot
-([T, num_slots, K]); opt_einsum's choice measured up to 2x slower on an H100 (bf16, K=3584) and its
-path search costs ~0.3 ms of host time per einsum. Everything runs in the input dtype
-(GEMMs accumulate in fp32 inside; the [T, num_slots, R] intermediate and delta are rounded to the
-input dtype), then delta is added to y.
+``prepare`` keeps the slots in use (rank > 0), zero-pads (rank rows past ``ranks[slot]`` become 0,
+so padding adds nothing) and pre-arranges the pool so torch lowers the einsum to two plain GEMMs
+without copies: A_s is stored [K, num_slots, R] and passed as its [num_slots, K, R] view, B_s is
+[num_slots, R, N_s]. The operands are passed in the order x, A, mapping, B (same subscripts and
+result) and contracted left to right (opt_einsum's path search is switched off for the call): ``(x @
+A_all) * mapping @ B_all``. dLoRA's own operand order, left to right, would first materialise x once
+per slot ([T, num_slots, K]); opt_einsum's choice measured up to 2x slower on an H100 (bf16, K=3584)
+and its path search costs ~0.3 ms of host time per einsum. Everything runs in the input dtype (GEMMs
+accumulate in fp32 inside; the [T, num_slots, R] intermediate and delta are rounded to the input
+dtype), then delta is added to y.
 
 The mapping is built on the device each call (searchsorted over ``seg_indptr``; no host sync).
 
@@ -42,13 +42,14 @@ class EinsumPrepared:
     weights: LoRAWeights
     a_kir: tuple[torch.Tensor, ...]  # per slice [K, num_slots, R], rank rows past r zeroed
     b_ird: tuple[torch.Tensor, ...]  # per slice [num_slots, R, N_s], rank rows past r zeroed
-    slot_ids: torch.Tensor  # [num_slots] int32 0..num_slots-1
+    slot_ids: torch.Tensor  # [U] int32: the slots with rank > 0 (U of them), in order
+    scalings: torch.Tensor  # [U] fp32 scalings of those slots
 
 
-def pad_mask(weights: LoRAWeights) -> torch.Tensor:
-    """[num_slots, max_rank] bool: rank row j of slot i is real (j < ranks[i])."""
+def pad_mask(weights: LoRAWeights, slots: torch.Tensor) -> torch.Tensor:
+    """[len(slots), max_rank] bool: rank row j of slot i is real (j < ranks[i])."""
     rows = torch.arange(weights.max_rank, device=weights.ranks.device)
-    return rows[None, :] < weights.ranks[:, None]
+    return rows[None, :] < weights.ranks[slots][:, None]
 
 
 def token_mapping(
@@ -62,7 +63,7 @@ def token_mapping(
     slots = torch.cat([segs.seg_slots, segs.seg_slots.new_full((1,), -1)])  # [S + 1]
     token_slot = slots[seg]  # [T], -1: no adapter
     hit = token_slot[:, None] == prepared.slot_ids[None, :]  # [T, num_slots]
-    return (hit * prepared.weights.scalings[None, :]).to(dtype)
+    return (hit * prepared.scalings[None, :]).to(dtype)
 
 
 class EinsumBackend:
@@ -70,15 +71,17 @@ class EinsumBackend:
     graph_safe = True  # no host syncs: CUDA-graph capture checked on the H100
 
     def prepare(self, weights: LoRAWeights) -> EinsumPrepared:
-        keep = pad_mask(weights)[:, :, None]  # [num_slots, R, 1]
+        """Dense copies of the slots in use (rank > 0; reads the device once per pool change)."""
+        slots = (weights.ranks > 0).nonzero().squeeze(1)  # [U]
+        keep = pad_mask(weights, slots)[:, :, None]  # [U, R, 1]
         a_kir, b_ird = [], []
         for s, (lo, hi) in enumerate(zip(weights.slice_offsets, weights.slice_offsets[1:])):
             # where, not a multiply: padding rows may hold anything (NaN * 0 = NaN)
-            a = torch.where(keep, weights.a[:, s], 0)  # [num_slots, R, K]
-            a_kir.append(a.permute(2, 0, 1).contiguous())  # [K, num_slots, R]
-            b_ird.append(torch.where(keep, weights.b[:, :, lo:hi], 0).contiguous())
-        slot_ids = torch.arange(weights.num_slots, dtype=torch.int32, device=weights.a.device)
-        return EinsumPrepared(weights, tuple(a_kir), tuple(b_ird), slot_ids)
+            a = torch.where(keep, weights.a[slots, s], 0)  # [U, R, K]
+            a_kir.append(a.permute(2, 0, 1).contiguous())  # [K, U, R]
+            b_ird.append(torch.where(keep, weights.b[slots, :, lo:hi], 0).contiguous())
+        return EinsumPrepared(weights, tuple(a_kir), tuple(b_ird), slots.to(torch.int32),
+                              weights.scalings[slots])  # fmt: skip
 
     def add_lora(
         self, y: torch.Tensor, x: torch.Tensor, prepared: EinsumPrepared, segs: LoRASegments

@@ -170,6 +170,7 @@ def _expand_kernel(
 class SGMVBackend:
     name = "sgmv"
     graph_safe = True  # no host syncs: CUDA-graph capture checked on the H100
+    static_prepare = True  # prepare() keeps the pool tensors: valid while their contents change
 
     def prepare(self, weights: LoRAWeights) -> SGMVPrepared:
         block_r = max(16, triton.next_power_of_2(weights.max_rank))

@@ -65,9 +65,15 @@ class MBGMVPrepared:
     block_rank: int  # max_rank rounded up to a power of two, >= 16
 
 
+def flat_rows(pool: torch.Tensor, width: int) -> torch.Tensor:
+    """[rows, width] view over every row a (possibly packed, overlapping) pool view can reach."""
+    span = sum((n - 1) * st for n, st in zip(pool.shape, pool.stride())) + 1
+    return pool.as_strided((span // width, width), (width, 1))
+
+
 def build_locations(weights: LoRAWeights) -> dict[str, torch.Tensor]:
     """S-LoRA's a_start / a_len / a_loc (and b_start / b_loc), computed on the pool's device."""
-    dev, slices, max_rank = weights.a.device, weights.num_slices, weights.max_rank
+    dev, slices = weights.a.device, weights.num_slices
     ranks = weights.ranks.to(torch.int64)  # [num_slots]
     slot_ids = torch.arange(weights.num_slots, device=dev)
     a_len, b_len = ranks * slices, ranks
@@ -76,9 +82,12 @@ def build_locations(weights: LoRAWeights) -> dict[str, torch.Tensor]:
     a_slot = torch.repeat_interleave(slot_ids, a_len)
     e = torch.arange(a_slot.numel(), device=dev) - a_start[a_slot]
     r = ranks[a_slot]
-    a_loc = (a_slot * slices + e // r.clamp(min=1)) * max_rank + e % r.clamp(min=1)
+    # rows of the flat views, through the pool's strides (a packed pool has a one-row slot stride)
+    sa, sl, k = weights.a.stride(0), weights.a.stride(1), weights.in_features
+    a_loc = (a_slot * sa + (e // r.clamp(min=1)) * sl) // k + e % r.clamp(min=1)
     b_slot = torch.repeat_interleave(slot_ids, b_len)
-    b_loc = b_slot * max_rank + torch.arange(b_slot.numel(), device=dev) - b_start[b_slot]
+    b_row0 = b_slot * (weights.b.stride(0) // weights.out_features)
+    b_loc = b_row0 + torch.arange(b_slot.numel(), device=dev) - b_start[b_slot]
     pad = torch.zeros(1, dtype=torch.int64, device=dev)  # keeps the tables non-empty
     tables = {"a_start": a_start, "a_len": a_len, "a_loc": torch.cat([a_loc, pad])}
     tables.update(b_start=b_start, b_loc=torch.cat([b_loc, pad]))
@@ -255,8 +264,8 @@ class MBGMVBackend:
         dev, offsets = weights.a.device, weights.slice_offsets
         return MBGMVPrepared(
             weights=weights,
-            a_rows=weights.a.view(-1, weights.in_features),
-            b_rows=weights.b.view(-1, weights.out_features),
+            a_rows=flat_rows(weights.a, weights.in_features),
+            b_rows=flat_rows(weights.b, weights.out_features),
             gemv_tiles=slice_tiles(offsets, GEMV_BLOCK_N, dev),
             gemm_tiles=slice_tiles(offsets, GEMM_BLOCK_N, dev),
             block_rank=max(16, triton.next_power_of_2(weights.max_rank)),

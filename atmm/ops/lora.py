@@ -87,6 +87,7 @@ class ATMMBackend:
 
     name = "atmm"
     graph_safe = True
+    static_prepare = True  # prepare() keeps the pool tensors: valid while their contents change
 
     def prepare(self, weights: LoRAWeights) -> LoRAWeights:
         return weights

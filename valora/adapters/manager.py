@@ -1,0 +1,170 @@
+"""The engine's LoRA state in one place: registry, GPU pool, kernels runtime, merger.
+
+It is also the scheduler's adapter gate: a request is admitted only if its adapter can be pinned
+in the GPU pool (``admit``), and unpinned when it leaves the running set (``release``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from valora.adapters.merge import BaseWeightMerger
+from valora.adapters.peft_loader import dummy_adapter, load_peft_adapter
+from valora.adapters.pool import AdapterKey, AdapterPool
+from valora.adapters.registry import AdapterRegistry
+from valora.adapters.targets import model_targets
+from valora.config import ModelConfig, triton_interpreter_enabled
+from valora.layers.lora import LoRARuntime, attach_lora, step_segments
+from valora.request import Request
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    max_loras: int = 8  # GPU pool size, in adapters of max_lora_rank (more fit at lower ranks)
+    max_lora_rank: int = 64
+    max_cpu_loras: int = 64  # host (pinned) copies kept
+    backend: str | None = None  # None: the policy's kernels (atmm for valora/fcfs)
+    towers: tuple[str, ...] = ("language", "vision")
+    allow_pickle: bool = False  # accept adapter_model.bin (pickle) files
+    enable_prefetch: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1 or self.max_lora_rank < 1:
+            raise ValueError("max_loras and max_lora_rank must be >= 1")
+        if not set(self.towers) <= {"language", "vision"} or not self.towers:
+            raise ValueError(f"towers must be language and/or vision, got {self.towers}")
+
+
+class LoRAManager:
+    def __init__(self, model: nn.Module, config: LoRAConfig, backend: str, enable_merge: bool,
+                 dtype: torch.dtype, device: str) -> None:  # fmt: skip
+        self.config = config
+        self.model_config: ModelConfig = model.cfg
+        self.dtype = dtype
+        targets = tuple(t for t in model_targets(model.cfg) if t.tower in config.towers)
+        rows = config.max_loras * config.max_lora_rank
+        self.pool = AdapterPool(targets, rows, config.max_lora_rank, dtype, device)
+        self.registry = AdapterRegistry(config.max_cpu_loras, device.startswith("cuda"))
+        self.backend_name = lora_backend_for(backend, device)
+        self.runtime = LoRARuntime(self.pool, self.backend_name)
+        attach_lora(model, self.runtime)
+        self.merger = BaseWeightMerger(model, self.pool) if enable_merge else None
+        self.num_switches = 0
+
+    # ---- adapters -------------------------------------------------------------------------
+    def add_adapter(self, name: str, path: str | Path) -> int:
+        """Load and validate a PEFT adapter directory; returns the new version."""
+        cfg, rank, dtype, pickle = (self.model_config, self.config.max_lora_rank, self.dtype,
+                                    self.config.allow_pickle)  # fmt: skip
+        source = lambda: self._keep_towers(  # noqa: E731
+            load_peft_adapter(path, name, cfg, rank, dtype, allow_pickle=pickle)
+        )
+        return self.registry.register(name, source, str(path))
+
+    def add_dummy(self, name: str, rank: int, seed: int) -> int:
+        if rank > self.config.max_lora_rank:
+            raise ValueError(f"rank {rank} exceeds max_lora_rank {self.config.max_lora_rank}")
+        cfg, dtype, towers = self.model_config, self.dtype, self.config.towers
+        source = lambda: dummy_adapter(name, cfg, rank, seed, dtype, towers)  # noqa: E731
+        return self.registry.register(name, source, f"dummy rank {rank} seed {seed}")
+
+    def remove_adapter(self, name: str) -> None:
+        key = self.registry.unregister(name)
+        self.pool.drop(key)  # pinned (in use): stays until its requests are done
+
+    def _keep_towers(self, adapter):
+        unknown = adapter.towers - set(self.config.towers)
+        if unknown:
+            raise ValueError(
+                f"adapter {adapter.name!r} trains the {sorted(unknown)} tower(s), which this "
+                f"engine serves without LoRA (towers={self.config.towers})"
+            )
+        return adapter
+
+    def resolve(self, name: str) -> AdapterKey:
+        try:
+            return self.registry.resolve(name)
+        except KeyError:
+            known = ", ".join(self.registry.names()) or "none loaded"
+            raise ValueError(f"unknown adapter {name!r} (adapters: {known})") from None
+
+    # ---- the scheduler's gate -------------------------------------------------------------
+    def admit(self, request: Request) -> bool:
+        key = _key(request)
+        if key is None:
+            return True
+        if not self.pool.can_acquire(key, self.registry.rank(key)):
+            return False
+        self.pool.acquire(key, self.registry.weights(key))
+        return True
+
+    def release(self, request: Request) -> None:
+        key = _key(request)
+        if key is not None:
+            self.pool.release(key)
+
+    def prefetch(self, requests: list[Request], limit: int = 2) -> None:
+        if not self.config.enable_prefetch:
+            return
+        for request in requests:
+            key = _key(request)
+            if limit == 0:
+                break
+            if key is not None and not self.pool.is_resident(key):
+                self.pool.prefetch(key, self.registry.weights(key))
+                limit -= 1
+
+    # ---- per step -------------------------------------------------------------------------
+    def slot_of(self, request: Request) -> int:
+        key = _key(request)
+        return -1 if key is None else self.pool.slot(key)
+
+    @property
+    def merged(self) -> AdapterKey | None:
+        return None if self.merger is None else self.merger.merged
+
+    @property
+    def merged_slot(self) -> int | None:
+        return None if self.merged is None else self.pool.slot(self.merged)
+
+    def switch(self, key: AdapterKey | None) -> float:
+        """Merge ``key`` into the base (None: unmerge); pins it while merged. Seconds taken."""
+        if self.merger is None:
+            raise RuntimeError("this engine's policy never merges (no pristine weights kept)")
+        old = self.merger.merged
+        if key == old:
+            return 0.0
+        adapter = None
+        if key is not None:
+            adapter = self.registry.weights(key)
+            self.pool.acquire(key, adapter)
+        seconds = self.merger.switch(key, adapter)
+        if old is not None:
+            self.pool.release(old)
+        self.num_switches += 1
+        return seconds
+
+    def set_vision_adapter(self, request: Request, num_patches: int) -> None:
+        """Segments for encoding one request's images (all patches use its adapter)."""
+        _, own, corr = step_segments([self.slot_of(request)], [num_patches], self.merged_slot,
+                                     self.pool.device)  # fmt: skip
+        self.runtime.set_segments("vision", own, corr)
+
+
+def lora_backend_for(name: str, device: str) -> str:
+    """The backend to run: on a CPU without Triton's interpreter the Triton backends (atmm,
+    sgmv, mbgmv) fall back to the torch loop; einsum and torch run anywhere."""
+    triton_backends = ("atmm", "sgmv", "mbgmv")
+    if device.startswith("cuda") or triton_interpreter_enabled() or name not in triton_backends:
+        return name
+    return "torch"
+
+
+def _key(request: Request) -> AdapterKey | None:
+    if request.adapter_id is None:
+        return None
+    return (request.adapter_id, request.adapter_version)

@@ -1,0 +1,148 @@
+"""LoRA on the model's linear layers: the one place that imports ``atmm``.
+
+``LoRALinear`` wraps a ``Linear`` and adds, after the base GEMM, the LoRA terms of the rows'
+adapters through the backend chosen once (``atmm`` | ``sgmv`` | ``mbgmv`` | ``einsum`` |
+``torch``, ``atmm.backends``). What each row gets comes from the ``LoRARuntime``'s segments of
+the current forward, per tower (language / vision):
+
+- ``own``: each row's adapter slot (-1: none) -> ``y += c_i B_i A_i x``;
+- ``correction`` (mixture mode): rows not of the merged adapter m -> ``y -= c_m B_m A_m x``,
+  which with m folded into the base weights gives them exactly ``W x + c_i B_i A_i x``.
+
+Either may be None (no launch). The runner sets the segments before each forward
+(``set_segments``); CUDA graphs set them once to static buffers at capture.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atmm.backends import get_backend
+from atmm.types import LoRASegments
+from valora.adapters.pool import AdapterPool, TargetBuffers
+from valora.layers.linear import Linear
+
+Segments = tuple[LoRASegments | None, LoRASegments | None]  # (own, correction)
+
+
+def build_segments(row_slots: list[int], device, max_seg_len: int | None = None) -> LoRASegments:
+    """Runs of equal slots over the rows -> one segment each."""
+    lens, slots = [], []
+    for slot in row_slots:
+        if slots and slots[-1] == slot:
+            lens[-1] += 1
+        else:
+            lens.append(1)
+            slots.append(slot)
+    return LoRASegments.build(lens, slots, device, max_seg_len)
+
+
+class LoRARuntime:
+    """The backend, its prepared pool views (refreshed when the pool's rows change owner) and
+    the segments of the forward in flight."""
+
+    def __init__(self, pool: AdapterPool, backend: str) -> None:
+        self.pool = pool
+        self.backend = get_backend(backend)
+        self.static_prepare = getattr(self.backend, "static_prepare", False)
+        self.segments: dict[str, Segments] = {"language": (None, None), "vision": (None, None)}
+        self._prepared: dict[tuple[str, int, bool], object] = {}
+        self._prepared_version = -1
+
+    def set_segments(self, tower: str, own: LoRASegments | None,
+                     correction: LoRASegments | None) -> None:  # fmt: skip
+        self.segments[tower] = (own, correction)
+
+    def clear(self) -> None:
+        for tower in self.segments:
+            self.segments[tower] = (None, None)
+
+    def prepared(self, buffers: TargetBuffers, layer: int, negate: bool):
+        if not self.static_prepare and self._prepared_version != self.pool.version:
+            self._prepared.clear()
+            self._prepared_version = self.pool.version
+        key = (buffers.spec.name, layer, negate)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            weights = (buffers.neg_weights if negate else buffers.weights)[layer]
+            prepared = self._prepared[key] = self.backend.prepare(weights)
+        return prepared
+
+    def apply(self, y: torch.Tensor, x: torch.Tensor, buffers: TargetBuffers, layer: int) -> None:
+        own, correction = self.segments[buffers.spec.tower]
+        if own is not None:
+            self.backend.add_lora(y, x, self.prepared(buffers, layer, False), own)
+        if correction is not None:
+            self.backend.add_lora(y, x, self.prepared(buffers, layer, True), correction)
+
+
+class LoRALinear(nn.Module):
+    """A ``Linear`` plus the LoRA terms of its target and layer."""
+
+    def __init__(self, base: Linear, runtime: LoRARuntime, buffers: TargetBuffers,
+                 layer: int) -> None:  # fmt: skip
+        super().__init__()
+        self.base = base
+        self.runtime = runtime
+        self.buffers = buffers
+        self.layer = layer
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base.weight
+
+    @property
+    def output_sizes(self) -> tuple[int, ...]:
+        return self.base.output_sizes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x2 = x.reshape(-1, x.shape[-1])
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        y = self.base(x2)
+        self.runtime.apply(y, x2, self.buffers, self.layer)
+        return y.view(*x.shape[:-1], y.shape[-1])
+
+
+def attach_lora(model: nn.Module, runtime: LoRARuntime) -> None:
+    """Replace every pool target's ``Linear`` in ``model`` by a ``LoRALinear`` (in place)."""
+    for buffers in runtime.pool.targets.values():
+        spec = buffers.spec
+        for layer in range(spec.num_layers):
+            parent_path, _, child = spec.module_path(layer).rpartition(".")
+            parent = model.get_submodule(parent_path)
+            base = getattr(parent, child) if child.isidentifier() else parent[int(child)]
+            if isinstance(base, LoRALinear):
+                raise ValueError(f"{spec.module_path(layer)} already carries LoRA")
+            wrapped = LoRALinear(base, runtime, buffers, layer)
+            if child.isidentifier():
+                setattr(parent, child, wrapped)
+            else:
+                parent[int(child)] = wrapped
+
+
+def lora_mode(seq_slots: list[int], merged_slot: int | None) -> str:
+    """"none" (no adapter rows, nothing merged), "unmerged", "merged" (every row is the merged
+    adapter's) or "mixture" (a merged adapter plus other rows, corrected)."""
+    if merged_slot is None:
+        return "none" if all(s < 0 for s in seq_slots) else "unmerged"
+    return "merged" if all(s == merged_slot for s in seq_slots) else "mixture"
+
+
+def step_segments(seq_slots: list[int], query_lens: list[int], merged_slot: int | None,
+                  device) -> tuple[str, LoRASegments | None, LoRASegments | None]:  # fmt: skip
+    """The forward's (mode, own, correction) segments from each sequence's slot (-1: base).
+
+    With merged slot m, rows of m need nothing; the others get their own adapter and the
+    correction -m."""
+    mode = lora_mode(seq_slots, merged_slot)
+    if mode in ("none", "merged"):
+        return mode, None, None
+    rows = [s for s, n in zip(seq_slots, query_lens) for _ in range(n)]
+    if mode == "unmerged":
+        return mode, build_segments(rows, device), None
+    own = [-1 if s == merged_slot else s for s in rows]
+    corr = [-1 if s == merged_slot else merged_slot for s in rows]
+    own_segs = build_segments(own, device) if any(s >= 0 for s in own) else None
+    return mode, own_segs, build_segments(corr, device)
