@@ -75,7 +75,7 @@ def _num_sms(device: torch.device) -> int:
 @triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, out_ptr, indptr_ptr, slots_ptr, ranks_ptr,
-    K, stride_x, chunk_stride,
+    K, stride_x, chunk_stride, stride_as, stride_al,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, SPLIT: tl.constexpr,
     CHUNK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr, PREC: tl.constexpr,
@@ -96,7 +96,7 @@ def _shrink_kernel(
     m_mask = offs_m < seg_len
     rows = (start + offs_m).to(tl.int64)
     x_rows = x_ptr + rows[:, None] * stride_x  # [BLOCK_M, 1]
-    a_rows = a_ptr + ((slot.to(tl.int64) * NUM_SLICES + s) * MAX_RANK + offs_r[:, None]) * K
+    a_rows = a_ptr + slot.to(tl.int64) * stride_as + s * stride_al + offs_r[:, None] * K
     acc = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
     for k0 in range(chunk * CHUNK_K, chunk * CHUNK_K + CHUNK_K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -129,7 +129,7 @@ def _sum_chunks_kernel(part_ptr, v_ptr, numel, NUM_CHUNKS: tl.constexpr, BLOCK: 
 @triton.jit
 def _expand_kernel(
     v_ptr, b_ptr, y_ptr, indptr_ptr, slots_ptr, ranks_ptr, scalings_ptr, tiles_ptr,
-    N, stride_y,
+    N, stride_y, stride_bs,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
 ):  # fmt: skip
@@ -151,7 +151,7 @@ def _expand_kernel(
     n_mask = offs_n < col_end
     rows = (start + offs_m).to(tl.int64)
     v_rows = v_ptr + rows[:, None] * (NUM_SLICES * MAX_RANK) + s * MAX_RANK  # [BLOCK_M, 1]
-    b_cols = b_ptr + slot.to(tl.int64) * MAX_RANK * N + offs_n[None, :]  # [1, BLOCK_N]
+    b_cols = b_ptr + slot.to(tl.int64) * stride_bs + offs_n[None, :]  # [1, BLOCK_N]
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for k0 in range(0, rank, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -208,7 +208,7 @@ class SGMVBackend:
             out = torch.empty((chunks, *v.shape), dtype=torch.float32, device=x.device)
         _shrink_kernel[(num_slices * chunks, m_tiles, num_segs)](
             x, w.a, out, segs.seg_indptr, segs.seg_slots, w.ranks,
-            k, x.stride(0), v.numel(),
+            k, x.stride(0), v.numel(), w.a.stride(0), w.a.stride(1),
             NUM_SLICES=num_slices, MAX_RANK=w.max_rank, SPLIT=chunks > 1, CHUNK_K=chunk_k,
             BLOCK_M=SHRINK_BLOCK_M, BLOCK_K=SHRINK_BLOCK_K, BLOCK_R=p.block_r, PREC=prec,
             num_warps=SHRINK_WARPS, num_stages=SHRINK_STAGES,
@@ -224,7 +224,7 @@ class SGMVBackend:
         m_tiles = grid_axis(triton.cdiv(segs.max_seg_len, EXPAND_BLOCK_M), "M tiles")
         _expand_kernel[(p.tiles.shape[0], m_tiles, segs.num_segments)](
             v, w.b, y, segs.seg_indptr, segs.seg_slots, w.ranks, w.scalings, p.tiles,
-            w.out_features, y.stride(0),
+            w.out_features, y.stride(0), w.b.stride(0),
             NUM_SLICES=w.num_slices, MAX_RANK=w.max_rank, BLOCK_M=EXPAND_BLOCK_M,
             BLOCK_N=EXPAND_BLOCK_N, BLOCK_K=EXPAND_BLOCK_K, PREC=prec,
             num_warps=EXPAND_WARPS, num_stages=EXPAND_STAGES,

@@ -150,9 +150,11 @@ class LoRAManager:
 
     def set_vision_adapter(self, request: Request, num_patches: int) -> None:
         """Segments for encoding one request's images (all patches use its adapter)."""
-        _, own, corr = step_segments([self.slot_of(request)], [num_patches], self.merged_slot,
-                                     self.pool.device)  # fmt: skip
-        self.runtime.set_segments("vision", own, corr)
+        windows = num_patches // self.model_config.vision.spatial_merge_size**2
+        for group, rows in (("vision", num_patches), ("merger", windows)):
+            _, own, corr = step_segments([self.slot_of(request)], [rows], self.merged_slot,
+                                         self.pool.device)  # fmt: skip
+            self.runtime.set_segments(group, own, corr)
 
 
 def lora_backend_for(name: str, device: str) -> str:

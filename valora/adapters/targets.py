@@ -24,6 +24,11 @@ class TargetSpec:
     slice_sizes: tuple[int, ...]  # output widths of the stacked slices, in order
     peft_names: tuple[str, ...]  # PEFT module name (suffix) of each slice
     path_template: str  # our module path, "{layer}" filled in
+    rows: str = ""  # which rows it sees: "language" | "vision" (patches) | "merger" (windows)
+
+    @property
+    def row_group(self) -> str:
+        return self.rows or self.tower
 
     @property
     def out_features(self) -> int:
@@ -63,7 +68,7 @@ def model_targets(cfg: ModelConfig) -> tuple[TargetSpec, ...]:
         TargetSpec("visual.fc1", "vision", v.depth, e, (mlp,), ("mlp.fc1",), block + "mlp.fc1"),
         TargetSpec("visual.fc2", "vision", v.depth, mlp, (e,), ("mlp.fc2",), block + "mlp.fc2"),
         TargetSpec("merger.0", "vision", 1, window, (window,), ("merger.mlp.0",),
-                   "visual.merger.mlp.0"),
+                   "visual.merger.mlp.0", "merger"),
         TargetSpec("merger.2", "vision", 1, window, (h,), ("merger.mlp.2",),
-                   "visual.merger.mlp.2"),
+                   "visual.merger.mlp.2", "merger"),
     )  # fmt: skip

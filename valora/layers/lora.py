@@ -3,7 +3,7 @@
 ``LoRALinear`` wraps a ``Linear`` and adds, after the base GEMM, the LoRA terms of the rows'
 adapters through the backend chosen once (``atmm`` | ``sgmv`` | ``mbgmv`` | ``einsum`` |
 ``torch``, ``atmm.backends``). What each row gets comes from the ``LoRARuntime``'s segments of
-the current forward, per tower (language / vision):
+the current forward, per row group (language tokens, vision patches, merger windows):
 
 - ``own``: each row's adapter slot (-1: none) -> ``y += c_i B_i A_i x``;
 - ``correction`` (mixture mode): rows not of the merged adapter m -> ``y -= c_m B_m A_m x``,
@@ -46,17 +46,19 @@ class LoRARuntime:
         self.pool = pool
         self.backend = get_backend(backend)
         self.static_prepare = getattr(self.backend, "static_prepare", False)
-        self.segments: dict[str, Segments] = {"language": (None, None), "vision": (None, None)}
+        # per row group: "language" (tokens), "vision" (patches), "merger" (windows)
+        self.segments: dict[str, Segments] = {g: (None, None)
+                                              for g in ("language", "vision", "merger")}  # fmt: skip
         self._prepared: dict[tuple[str, int, bool], object] = {}
         self._prepared_version = -1
 
-    def set_segments(self, tower: str, own: LoRASegments | None,
+    def set_segments(self, group: str, own: LoRASegments | None,
                      correction: LoRASegments | None) -> None:  # fmt: skip
-        self.segments[tower] = (own, correction)
+        self.segments[group] = (own, correction)
 
     def clear(self) -> None:
-        for tower in self.segments:
-            self.segments[tower] = (None, None)
+        for group in self.segments:
+            self.segments[group] = (None, None)
 
     def prepared(self, buffers: TargetBuffers, layer: int, negate: bool):
         if not self.static_prepare and self._prepared_version != self.pool.version:
@@ -70,7 +72,7 @@ class LoRARuntime:
         return prepared
 
     def apply(self, y: torch.Tensor, x: torch.Tensor, buffers: TargetBuffers, layer: int) -> None:
-        own, correction = self.segments[buffers.spec.tower]
+        own, correction = self.segments[buffers.spec.row_group]
         if own is not None:
             self.backend.add_lora(y, x, self.prepared(buffers, layer, False), own)
         if correction is not None:
@@ -123,7 +125,7 @@ def attach_lora(model: nn.Module, runtime: LoRARuntime) -> None:
 
 
 def lora_mode(seq_slots: list[int], merged_slot: int | None) -> str:
-    """"none" (no adapter rows, nothing merged), "unmerged", "merged" (every row is the merged
+    """ "none" (no adapter rows, nothing merged), "unmerged", "merged" (every row is the merged
     adapter's) or "mixture" (a merged adapter plus other rows, corrected)."""
     if merged_slot is None:
         return "none" if all(s < 0 for s in seq_slots) else "unmerged"

@@ -107,7 +107,7 @@ class VaLoRAPolicy(Policy):
         if self.force_mode == "unmerged":
             return None
         if self.force_mode is not None:  # merged / mixture: keep one merged while it has work
-            return merged if counts.get(merged, 0) else top
+            return merged if merged is not None and counts.get(merged, 0) else top
         if top is None:
             return None
         gain = (self._mixture_cost(requests, merged) - self._mixture_cost(requests, top))
