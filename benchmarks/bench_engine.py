@@ -51,17 +51,20 @@ def decode_weight_bytes(llm: LLM) -> int:
     return total
 
 
-def profile_decode(llm: LLM, batch: int, prompt_len: int, steps: int = 16) -> dict:
-    """GPU kernel time per decode step (torch.profiler) next to the wall time per step."""
+def profile_decode(llm: LLM, batch: int, prompt_len: int, steps: int = 16,
+                   adapters: list[str | None] | None = None) -> dict:  # fmt: skip
+    """GPU kernel time per decode step (torch.profiler) next to the wall time per step;
+    ``adapters``: one adapter name (or None) per request."""
     from torch.profiler import ProfilerActivity, profile
 
     gen = torch.Generator().manual_seed(1234)
     prompts = [torch.randint(0, 150000, (prompt_len,), generator=gen).tolist()
                for _ in range(batch)]  # fmt: skip
     engine = llm.engine
+    adapters = adapters or [None] * batch
     for i, prompt in enumerate(prompts):
-        engine.add_request(f"profile-{i}", prompt, SamplingParams(max_tokens=steps + 2,
-                                                                 ignore_eos=True))  # fmt: skip
+        params = SamplingParams(max_tokens=steps + 2, ignore_eos=True)
+        engine.add_request(f"profile-{i}", prompt, params, adapters[i])
     engine.step()  # prefill
     engine.step()
     torch.cuda.synchronize()
@@ -92,7 +95,8 @@ def _device_time(event) -> float:
     return getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0.0)
 
 
-def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int) -> dict:
+def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int,
+               adapters: list[str | None] | None = None) -> dict:  # fmt: skip
     gen = torch.Generator().manual_seed(batch)
     prompts = [
         torch.randint(0, 150000, (prompt_len,), generator=gen).tolist() for _ in range(batch)
@@ -101,7 +105,7 @@ def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int) -> dict:
     llm.generate(prompts[:1], SamplingParams(max_tokens=4, ignore_eos=True), use_tqdm=False)
     torch.cuda.synchronize()
     start = time.perf_counter()
-    outs = llm.generate(prompts, params, use_tqdm=False)
+    outs = llm.generate(prompts, params, lora=adapters, use_tqdm=False)
     torch.cuda.synchronize()
     end = time.perf_counter()
     first = max(o.first_token_time for o in outs)
@@ -113,6 +117,27 @@ def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int) -> dict:
 
 
 def hf_generate(llm: LLM, setting: str, batch: int, prompt_len: int, output_len: int) -> float:
+    hf = hf_model_from(llm, setting)
+    rate = time_hf_generate(hf, batch, prompt_len, output_len)
+    del hf
+    torch.cuda.empty_cache()
+    return rate
+
+
+def time_hf_generate(hf, batch: int, prompt_len: int, output_len: int, **extra) -> float:
+    """Output tok/s of one greedy ``generate`` of ``batch`` random prompts (after a warm-up)."""
+    ids = torch.randint(0, 150000, (batch, prompt_len), device="cuda")
+    kwargs = dict(max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False)
+    hf.generate(ids[:, :8], max_new_tokens=4, do_sample=False, **extra)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    hf.generate(ids, **kwargs, **extra)
+    torch.cuda.synchronize()
+    return batch * output_len / (time.perf_counter() - start)
+
+
+def hf_model_from(llm: LLM, setting: str):
+    """transformers' Qwen2-VL (bf16, on the GPU) holding the engine's weights."""
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
     import exp_suite
@@ -131,17 +156,7 @@ def hf_generate(llm: LLM, setting: str, batch: int, prompt_len: int, output_len:
         state["model." + k if k.startswith("visual.") else k] = v
     hf.load_state_dict(state, strict=False)
     hf.tie_weights()
-    ids = torch.randint(0, 150000, (batch, prompt_len), device="cuda")
-    kwargs = dict(max_new_tokens=output_len, min_new_tokens=output_len, do_sample=False)
-    hf.generate(ids[:, :8], max_new_tokens=4, do_sample=False)
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    hf.generate(ids, **kwargs)
-    torch.cuda.synchronize()
-    rate = batch * output_len / (time.perf_counter() - start)
-    del hf
-    torch.cuda.empty_cache()
-    return rate
+    return hf
 
 
 def main() -> None:

@@ -1,0 +1,120 @@
+"""LoRA overhead in the engine, HF + PEFT mixed-adapter generate, and the merge/unmerge switch.
+
+On dummy weights (default ``qwen2-vl-7b``, bf16), one run measures:
+
+1. decode tok/s at batch B (default 32) without LoRA;
+2. HF + PEFT ``generate`` on the same weights with ``--hf-adapters`` rank-16 adapters on the
+   seven language-model linears, mixed in one batch (``adapter_names``);
+3. decode tok/s at batch B with B distinct rank-16 dummy adapters on all seven language-model
+   linears (one adapter per request; unmerged, ATMM), and a profile of its decode steps;
+4. merge + unmerge time of a rank-``--merge-rank`` adapter over all layers: all seven targets,
+   and q/k/v/o only (median of ``--repeats``).
+
+    python benchmarks/bench_lora.py --out benchmarks/results/lora_h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+
+import torch
+from bench_engine import _versions, hf_model_from, profile_decode, run_engine, time_hf_generate
+
+from valora.adapters.types import LoRAAdapter
+from valora.llm import LLM
+
+LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def engine(args, **lora) -> LLM:
+    tokens = args.batch * (args.prompt_len + args.output_len) + 4096
+    return LLM(args.model_setting, device="cuda", dtype="bfloat16", num_token=tokens,
+               max_num_seqs=args.batch, **lora)  # fmt: skip
+
+
+def free(*objects) -> None:
+    del objects
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def hf_peft_generate(llm: LLM, args) -> float:
+    from peft import LoraConfig, get_peft_model
+
+    hf = hf_model_from(llm, args.model_setting)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=LM_TARGETS, init_lora_weights=False)
+    model = get_peft_model(hf, config, adapter_name="a0")
+    for i in range(1, args.hf_adapters):
+        model.add_adapter(f"a{i}", config)
+    model = model.to(torch.bfloat16).eval()
+    names = [f"a{i % args.hf_adapters}" for i in range(args.batch)]
+    rate = time_hf_generate(model, args.batch, args.prompt_len, args.hf_output_len,
+                            adapter_names=names)  # fmt: skip
+    free(model, hf)
+    return rate
+
+
+def merge_times(llm: LLM, rank: int, repeats: int) -> dict:
+    lora = llm.engine.lora
+    lora.add_dummy("merge-all", rank, seed=7)
+    full = lora.registry.weights(lora.resolve("merge-all"))
+    attention = {k: m for k, m in full.modules.items() if k[0] in ("qkv_proj", "o_proj")}
+    lora.registry.register("merge-qkvo", lambda: LoRAAdapter("merge-qkvo", attention), "qkvo")
+    out = {}
+    for name in ("merge-all", "merge-qkvo"):
+        key = lora.resolve(name)
+        merge, unmerge = [], []
+        for _ in range(repeats):
+            merge.append(lora.switch(key))
+            unmerge.append(lora.switch(None))
+        out[name] = {"merge_ms": 1e3 * statistics.median(merge),
+                     "unmerge_ms": 1e3 * statistics.median(unmerge),
+                     "bytes_written": sum(lora.merger.live[m].nbytes
+                                          for m in lora.registry.weights(key).modules)}  # fmt: skip
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-setting", default="qwen2-vl-7b")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--prompt-len", type=int, default=256)
+    parser.add_argument("--output-len", type=int, default=128)
+    parser.add_argument("--hf-adapters", type=int, default=8)
+    parser.add_argument("--hf-output-len", type=int, default=32)
+    parser.add_argument("--merge-rank", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/lora.json")
+    args = parser.parse_args()
+    record = {"benchmark": "lora_overhead", "gpu": torch.cuda.get_device_name(),
+              "versions": _versions(), "command": " ".join([sys.executable, *sys.argv]),
+              "args": vars(args)}  # fmt: skip
+
+    base = engine(args)
+    record["base"] = run_engine(base, args.batch, args.prompt_len, args.output_len)
+    print(json.dumps(record["base"]), flush=True)
+    record["hf_peft_mixed_tok_s"] = hf_peft_generate(base, args)
+    print("hf+peft", record["hf_peft_mixed_tok_s"], flush=True)
+    free(base)
+
+    lora = engine(args, num_dummy_adapters=args.batch, dummy_ranks=(16,),
+                  lora_towers=("language",), max_loras=args.batch // 4 + 2, max_lora_rank=64,
+                  scheduler="valora", policy_options={"force_mode": "unmerged"})  # fmt: skip
+    names = [f"lora{i}" for i in range(args.batch)]
+    record["lora"] = run_engine(lora, args.batch, args.prompt_len, args.output_len, names)
+    record["lora_overhead"] = 1 - record["lora"]["decode_tok_s"] / record["base"]["decode_tok_s"]
+    print(json.dumps(record["lora"]), record["lora_overhead"], flush=True)
+    record["lora_profile"] = profile_decode(lora, args.batch, args.prompt_len, adapters=names)
+    record["merge"] = merge_times(lora, args.merge_rank, args.repeats)
+    record["pristine_copy_bytes"] = lora.engine.lora.merger.num_bytes
+    print(json.dumps(record["merge"]), flush=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
