@@ -36,7 +36,8 @@ def refs(tmp_path_factory):
 def test_gpu_lora_matches_peft(refs, scheduler, options, eager):
     ckpt, dirs, expected = refs
     llm = LLM(ckpt, device="cuda", dtype="float32", lora_modules=dirs, scheduler=scheduler,
-              policy_options=options, enforce_eager=eager, max_num_seqs=32)  # fmt: skip
+              policy_options=options, enforce_eager=eager, max_num_seqs=32,
+              num_token=4096)  # fmt: skip
     graphs = getattr(llm.engine.runner.forward, "graphs", None)
     if not eager and scheduler in ("fcfs", "punica", "valora"):
         assert graphs is not None and "unmerged" in graphs.variants
@@ -47,7 +48,7 @@ def test_gpu_lora_matches_peft(refs, scheduler, options, eager):
 @pytest.mark.gpu
 def test_gpu_merge_unmerge_keeps_base_weights_bit_identical():
     llm = LLM("tiny", device="cuda", dtype="bfloat16", num_dummy_adapters=3,
-              scheduler="valora", enforce_eager=True)  # fmt: skip
+              scheduler="valora", enforce_eager=True, num_token=4096)  # fmt: skip
     lora = llm.engine.lora
     before = {k: w.clone() for k, w in lora.merger.live.items()}
     keys = [lora.resolve(f"lora{i}") for i in range(3)]
