@@ -96,3 +96,11 @@ class ATMMBackend:
         self, y: torch.Tensor, x: torch.Tensor, w: LoRAWeights, segs: LoRASegments
     ) -> None:
         add_lora(y, x, w, segs)
+
+    # the two halves, for callers that overlap the shrink with other work (another stream)
+    def shrink(self, x: torch.Tensor, w: LoRAWeights, segs: LoRASegments,
+               out: torch.Tensor) -> None:  # fmt: skip
+        lora_shrink(x, w, segs, out=out)
+
+    def expand(self, v: torch.Tensor, y: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> None:
+        lora_expand(v, y, w, segs)

@@ -127,17 +127,20 @@ def test_shared_system_prompt_hits_the_cache(checkpoint):
 
 def test_different_adapters_never_share_blocks(checkpoint):
     _, path = checkpoint
-    llm = LLM(path, device="cpu", block_size=4)
+    llm = LLM(path, device="cpu", block_size=4, enable_lora=True, lora_backend="torch")
     engine, prompt = llm.engine, "A fairly long prompt that spans several blocks of tokens."
-    engine.add_request("a", prompt, GREEDY, adapter=("alpha", 0))
-    engine.add_request("b", prompt, GREEDY, adapter=("beta", 0))
+    engine.lora.add_dummy("alpha", 8, seed=1)
+    engine.lora.add_dummy("beta", 8, seed=2)
+    engine.add_request("a", prompt, GREEDY, adapter="alpha")
+    engine.add_request("b", prompt, GREEDY, adapter="beta")
     engine.step()
     a, b = engine.scheduler.find("a"), engine.scheduler.find("b")
     assert not set(a.block_table) & set(b.block_table)
     while engine.has_unfinished():
         engine.step()
-    engine.add_request("a2", prompt, GREEDY, adapter=("alpha", 0))
-    engine.add_request("a3", prompt, GREEDY, adapter=("alpha", 1))  # reloaded: new version
+    engine.add_request("a2", prompt, GREEDY, adapter="alpha")
+    engine.lora.add_dummy("alpha", 8, seed=3)  # reloaded: new version
+    engine.add_request("a3", prompt, GREEDY, adapter="alpha")
     engine.step()
     assert engine.scheduler.find("a2").num_cached_tokens > 0
     assert engine.scheduler.find("a3").num_cached_tokens == 0

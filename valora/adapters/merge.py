@@ -1,8 +1,8 @@
 """Merged mode: one adapter folded into the base weights, and back, exactly.
 
 ``BaseWeightMerger`` keeps a pristine copy of every base weight a merge may touch (allocated
-once, before the KV cache is sized) and writes ``W = W0 + c B A`` per slice with one GEMM whose
-epilogue adds ``W0`` (``torch.addmm``: accumulates in fp32, rounds once). Unmerging copies ``W0``
+once, before the KV cache is sized) and writes ``W = W0 + c B A`` per slice in one pass
+(``valora.layers.merge_kernels``: fp32 accumulation, rounded once). Unmerging copies ``W0``
 back, so the base weights are bit-identical after any number of switches (no in-place add/sub
 drift). Switching from adapter m to m' rewrites only what either touches.
 
@@ -18,6 +18,7 @@ from torch import nn
 
 from valora.adapters.pool import AdapterKey, AdapterPool
 from valora.adapters.types import LoRAAdapter, LoRAModule
+from valora.layers.merge_kernels import merge_slice_for
 
 
 class BaseWeightMerger:
@@ -33,6 +34,7 @@ class BaseWeightMerger:
                 weight = model.get_submodule(buffers.spec.module_path(layer)).weight
                 self.live[(name, layer)] = weight
                 self.pristine[(name, layer)] = weight.detach().clone()
+        self.merge_slice = merge_slice_for(pool.device)  # Triton on CUDA, addmm elsewhere
         self.merged: AdapterKey | None = None
         self._merged_modules: set[tuple[str, int]] = set()
         self.num_switches = 0
@@ -69,4 +71,4 @@ class BaseWeightMerger:
         b = buffers.b_buf[layer, slot : slot + rank]  # [r, N]
         for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
             a = buffers.a_buf[layer, s, slot : slot + rank]  # [r, K]
-            torch.addmm(pristine[lo:hi], b[:, lo:hi].t(), a, alpha=scaling, out=live[lo:hi])
+            self.merge_slice(live[lo:hi], pristine[lo:hi], b[:, lo:hi], a, scaling)

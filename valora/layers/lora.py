@@ -9,7 +9,10 @@ the current forward, per row group (language tokens, vision patches, merger wind
 - ``correction`` (mixture mode): rows not of the merged adapter m -> ``y -= c_m B_m A_m x``,
   which with m folded into the base weights gives them exactly ``W x + c_i B_i A_i x``.
 
-Either may be None (no launch). The runner sets the segments before each forward
+Either may be None (no launch). On CUDA with a backend that has separate shrink and expand
+(ATMM), the shrinks run on a side stream while the base GEMM runs, and the expands follow the
+join (also inside CUDA graphs: fork and join are captured). The runner sets the segments before
+each forward
 (``set_segments``); CUDA graphs set them once to static buffers at capture.
 """
 
@@ -47,10 +50,13 @@ class LoRARuntime:
         self.backend = get_backend(backend)
         self.static_prepare = getattr(self.backend, "static_prepare", False)
         # per row group: "language" (tokens), "vision" (patches), "merger" (windows)
-        self.segments: dict[str, Segments] = {g: (None, None)
-                                              for g in ("language", "vision", "merger")}  # fmt: skip
+        groups = ("language", "vision", "merger")
+        self.segments: dict[str, Segments] = {g: (None, None) for g in groups}
         self._prepared: dict[tuple[str, int, bool], object] = {}
         self._prepared_version = -1
+        # a second stream for the shrinks when the backend has separate halves (ATMM, on CUDA)
+        split = hasattr(self.backend, "shrink") and pool.device.type == "cuda"
+        self.side_stream = torch.cuda.Stream(pool.device) if split else None
 
     def set_segments(self, group: str, own: LoRASegments | None,
                      correction: LoRASegments | None) -> None:  # fmt: skip
@@ -78,6 +84,36 @@ class LoRARuntime:
         if correction is not None:
             self.backend.add_lora(y, x, self.prepared(buffers, layer, True), correction)
 
+    def begin(self, x: torch.Tensor, buffers: TargetBuffers, layer: int) -> list | None:
+        """With a side stream: start the shrinks there (they need only x), so they run while
+        the base GEMM runs on the main stream; ``finish`` joins and expands. None: nothing
+        started (no side stream, or no LoRA rows)."""
+        if self.side_stream is None:
+            return None
+        jobs = [(segs, neg) for segs, neg in zip(self.segments[buffers.spec.row_group],
+                                                 (False, True)) if segs is not None]  # fmt: skip
+        if not jobs:
+            return None
+        main = torch.cuda.current_stream()
+        slices, rank = len(buffers.spec.slice_sizes), self.pool.max_rank
+        # v is allocated on the main stream, which uses and frees it after the join
+        pending = [(torch.empty(x.shape[0], slices, rank, dtype=torch.float32, device=x.device),
+                    segs, self.prepared(buffers, layer, neg)) for segs, neg in jobs]  # fmt: skip
+        self.side_stream.wait_stream(main)
+        with torch.cuda.stream(self.side_stream):
+            for v, segs, weights in pending:
+                self.backend.shrink(x, weights, segs, v)
+        return pending
+
+    def finish(self, pending: list | None, y: torch.Tensor, x: torch.Tensor,
+               buffers: TargetBuffers, layer: int) -> None:  # fmt: skip
+        if pending is None:
+            self.apply(y, x, buffers, layer)
+            return
+        torch.cuda.current_stream().wait_stream(self.side_stream)
+        for v, segs, weights in pending:
+            self.backend.expand(v, y, weights, segs)
+
 
 class LoRALinear(nn.Module):
     """A ``Linear`` plus the LoRA terms of its target and layer."""
@@ -102,8 +138,9 @@ class LoRALinear(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
+        pending = self.runtime.begin(x2, self.buffers, self.layer)
         y = self.base(x2)
-        self.runtime.apply(y, x2, self.buffers, self.layer)
+        self.runtime.finish(pending, y, x2, self.buffers, self.layer)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
