@@ -1,8 +1,8 @@
 """Merged mode: one adapter folded into the base weights, and back, exactly.
 
-``BaseWeightMerger`` keeps a pristine copy of every base weight a merge may touch (allocated
-once, before the KV cache is sized) and writes ``W = W0 + c B A`` per slice in one pass
-(``valora.layers.merge_kernels``: fp32 accumulation, rounded once). Unmerging copies ``W0``
+``BaseWeightMerger`` keeps a pristine copy of every base weight a merge may touch (allocated once,
+before the KV cache is sized) and writes ``W = W0 + c B A`` in one pass per (target, slice) over all
+layers (``valora.layers.merge_kernels``: fp32 accumulation, rounded once). Unmerging copies ``W0``
 back, so the base weights are bit-identical after any number of switches (no in-place add/sub
 drift). Switching from adapter m to m' rewrites only what either touches.
 
@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from valora.adapters.pool import AdapterKey, AdapterPool
-from valora.adapters.types import LoRAAdapter, LoRAModule
-from valora.layers.merge_kernels import merge_slice_for
+from valora.adapters.types import LoRAAdapter
+from valora.layers.merge_kernels import SliceMerge, merge_layers_for
 
 
 class BaseWeightMerger:
@@ -34,7 +34,7 @@ class BaseWeightMerger:
                 weight = model.get_submodule(buffers.spec.module_path(layer)).weight
                 self.live[(name, layer)] = weight
                 self.pristine[(name, layer)] = weight.detach().clone()
-        self.merge_slice = merge_slice_for(pool.device)  # Triton on CUDA, addmm elsewhere
+        self.merge_layers = merge_layers_for(pool.device)  # Triton on CUDA, addmm elsewhere
         self.merged: AdapterKey | None = None
         self._merged_modules: set[tuple[str, int]] = set()
         self.num_switches = 0
@@ -51,9 +51,7 @@ class BaseWeightMerger:
         for module in self._merged_modules - new_modules:
             self.live[module].copy_(self.pristine[module])
         if key is not None:
-            slot = self.pool.slot(key)
-            for module in new_modules:
-                self._merge_module(module, slot, adapter.modules[module])
+            self._merge(adapter, self.pool.slot(key))
         self.merged, self._merged_modules = key, new_modules
         if self.pool.device.type == "cuda":
             torch.cuda.synchronize(self.pool.device)
@@ -62,13 +60,22 @@ class BaseWeightMerger:
         self.switch_seconds += seconds
         return seconds
 
-    def _merge_module(self, module: tuple[str, int], slot: int, weights: LoRAModule) -> None:
-        target, layer = module
-        buffers = self.pool.targets[target]
-        offsets = buffers.spec.slice_offsets
-        live, pristine = self.live[module], self.pristine[module]  # [N, K]
-        rank, scaling = weights.rank, weights.scaling
-        b = buffers.b_buf[layer, slot : slot + rank]  # [r, N]
-        for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
-            a = buffers.a_buf[layer, s, slot : slot + rank]  # [r, K]
-            self.merge_slice(live[lo:hi], pristine[lo:hi], b[:, lo:hi], a, scaling)
+    def _merge(self, adapter: LoRAAdapter, slot: int) -> None:
+        """One ``merge_layers`` call per (target, slice), covering every layer it trains."""
+        by_target: dict[str, list[int]] = {}
+        for target, layer in adapter.modules:
+            by_target.setdefault(target, []).append(layer)
+        for target, layers in by_target.items():
+            buffers = self.pool.targets[target]
+            offsets = buffers.spec.slice_offsets
+            modules = [adapter.modules[(target, layer)] for layer in layers]
+            for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
+                self.merge_layers(SliceMerge(
+                    outs=[self.live[(target, layer)][lo:hi] for layer in layers],
+                    pristine=[self.pristine[(target, layer)][lo:hi] for layer in layers],
+                    a_rows=[buffers.a_buf[layer, s, slot : slot + m.rank]
+                            for layer, m in zip(layers, modules)],
+                    b_rows=[buffers.b_buf[layer, slot : slot + m.rank, lo:hi]
+                            for layer, m in zip(layers, modules)],
+                    scales=[m.scaling for m in modules],
+                ))  # fmt: skip

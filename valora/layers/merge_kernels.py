@@ -1,41 +1,80 @@
-"""Folding one adapter slice into a base weight: ``out = W0 + scale * B^T A`` in one pass.
+"""Folding one adapter into base weights: ``out_l = W0_l + scale_l * B_l^T A_l`` for one slice
+of one target, over every layer at once.
 
-Shapes: W0 / out [N, K] (rows of one slice of a stacked weight), B rows [r, N] (stride: the pool
-row), A rows [r, K]; the product accumulates in fp32 and is added to W0 in fp32, rounded once.
+Per layer l: W0_l / out_l are rows [lo, lo + N) of that layer's [N_total, K] weight (separate
+tensors per layer, so passed as pointer tables); A_l = rows [slot, slot + r_l) of the pool's
+a_buf[l, s] ([r, K]) and B_l the same rows of b_buf[l][:, lo:lo + N] ([r, N]). The product
+accumulates in fp32, is added to W0 in fp32 and rounded once. A layer of rank 0 copies W0.
 
-- ``torch_merge_slice``: ``torch.addmm`` (the CPU path and the reference).
-- ``triton_merge_slice`` (GPU): one program per [BLOCK_N, BLOCK_K] tile reads its W0 tile and the
-  tile's r rows of B and A and writes out: W0 is read once and out written once, the memory floor
-  (``torch.addmm`` with a separate output copies W0 first, then reads and writes it again).
-  Tested against the torch path in ``test/adapters/test_gpu_lora.py``.
+- ``torch_merge_layers``: ``torch.addmm`` per layer (the CPU path and the reference).
+- ``triton_merge_layers`` (GPU): one launch for all layers, one program per [BLOCK_N, BLOCK_K]
+  tile of one layer: W0 read once, out written once (the memory floor), and no per-layer host
+  launch cost. Tested against the torch path on the GPU (``test/kernel/test_merge_kernel.py``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
-def torch_merge_slice(out, w0, b_rows, a_rows, scale: float) -> None:
-    torch.addmm(w0, b_rows.t(), a_rows, alpha=scale, out=out)
+@dataclass
+class SliceMerge:
+    """One slice of one target over all layers (host lists, one entry per layer)."""
+
+    outs: list[torch.Tensor]  # out_l [N, K] views
+    pristine: list[torch.Tensor]  # W0_l [N, K] views
+    a_rows: list[torch.Tensor]  # [r_l, K] views of the pool
+    b_rows: list[torch.Tensor]  # [r_l, N] views of the pool
+    scales: list[float]
 
 
-def triton_merge_slice(out, w0, b_rows, a_rows, scale: float) -> None:
+def torch_merge_layers(job: SliceMerge) -> None:
+    for out, w0, a, b, scale in zip(job.outs, job.pristine, job.a_rows, job.b_rows, job.scales):
+        if a.shape[0] == 0:
+            out.copy_(w0)
+        else:
+            torch.addmm(w0, b.t(), a, alpha=scale, out=out)
+
+
+def triton_merge_layers(job: SliceMerge) -> None:
     import triton
 
-    from valora.layers.triton_merge import merge_kernel
+    from valora.layers.triton_merge import merge_layers_kernel
 
-    n, k = w0.shape
-    rank = a_rows.shape[0]
-    block_r = max(16, triton.next_power_of_2(rank))
+    device, dtype = job.outs[0].device, job.outs[0].dtype
+    n, k = job.outs[0].shape
+    ranks = [a.shape[0] for a in job.a_rows]
+    pointers = torch.tensor(
+        [[t.data_ptr() for t in job.outs], [t.data_ptr() for t in job.pristine],
+         [a.data_ptr() for a in job.a_rows], [b.data_ptr() for b in job.b_rows]],
+        dtype=torch.int64,
+    ).to(device, non_blocking=True)  # fmt: skip
+    ranks_t = torch.tensor(ranks, dtype=torch.int32).to(device, non_blocking=True)
+    scales_t = torch.tensor(job.scales, dtype=torch.float32).to(device, non_blocking=True)
+    block_r = max(16, triton.next_power_of_2(max(ranks)))
     block_n, block_k = 64, 128
-    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k))
-    merge_kernel[grid](
-        w0, out, b_rows, a_rows, n, k, rank, w0.stride(0), out.stride(0), b_rows.stride(0),
-        a_rows.stride(0), scale, BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r,
-        FP32=w0.dtype == torch.float32, num_warps=4,
+    grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k), len(ranks))
+    merge_layers_kernel[grid](
+        pointers, ranks_t, scales_t, len(ranks), n, k, job.outs[0].stride(0),
+        job.pristine[0].stride(0), job.a_rows[0].stride(0), job.b_rows[0].stride(0),
+        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r, DTYPE=_TL_DTYPES[dtype],
+        FP32=dtype == torch.float32, num_warps=4,
     )  # fmt: skip
 
 
-def merge_slice_for(device: torch.device):
+def merge_layers_for(device: torch.device):
     """The strategy, chosen once: Triton on CUDA, torch elsewhere."""
-    return triton_merge_slice if device.type == "cuda" else torch_merge_slice
+    return triton_merge_layers if device.type == "cuda" else torch_merge_layers
+
+
+def _tl_dtypes() -> dict:
+    try:
+        import triton.language as tl
+    except ImportError:
+        return {}
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+_TL_DTYPES = _tl_dtypes()

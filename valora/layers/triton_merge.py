@@ -1,4 +1,4 @@
-"""The Triton kernel of ``valora.layers.merge_kernels.triton_merge_slice``."""
+"""The Triton kernel of ``valora.layers.merge_kernels.triton_merge_layers``."""
 
 from __future__ import annotations
 
@@ -7,14 +7,24 @@ import triton.language as tl
 
 
 @triton.jit
-def merge_kernel(
-    w0_ptr, out_ptr, b_ptr, a_ptr, N, K, R, stride_w, stride_out, stride_b, stride_a, scale,
-    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, FP32: tl.constexpr,
+def merge_layers_kernel(
+    pointers, ranks_ptr, scales_ptr, num_layers, N, K,
+    stride_out, stride_w, stride_a, stride_b,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    DTYPE: tl.constexpr, FP32: tl.constexpr,
 ):  # fmt: skip
+    """pointers [4, num_layers] int64: out, W0, A rows, B rows of each layer."""
+    layer = tl.program_id(2)
+    out_ptr = tl.load(pointers + layer).to(tl.pointer_type(DTYPE))
+    w0_ptr = tl.load(pointers + num_layers + layer).to(tl.pointer_type(DTYPE))
+    a_ptr = tl.load(pointers + 2 * num_layers + layer).to(tl.pointer_type(DTYPE))
+    b_ptr = tl.load(pointers + 3 * num_layers + layer).to(tl.pointer_type(DTYPE))
+    rank = tl.load(ranks_ptr + layer)
+    scale = tl.load(scales_ptr + layer)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_k = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
     offs_r = tl.arange(0, BLOCK_R)
-    r_ok = offs_r < R
+    r_ok = offs_r < rank
     b = tl.load(
         b_ptr + offs_r[:, None] * stride_b + offs_n[None, :],
         mask=r_ok[:, None] & (offs_n[None, :] < N),
@@ -32,5 +42,5 @@ def merge_kernel(
     mask = (offs_n[:, None] < N) & (offs_k[None, :] < K)
     w = tl.load(w0_ptr + offs_n[:, None] * stride_w + offs_k[None, :], mask=mask, other=0.0)
     merged = w.to(tl.float32) + scale * delta
-    tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :],
-             merged.to(out_ptr.dtype.element_ty), mask=mask)  # fmt: skip
+    tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], merged.to(DTYPE),
+             mask=mask)  # fmt: skip

@@ -1,0 +1,49 @@
+"""Where a merge switch's time goes: torch.profiler over one merge + unmerge of a dummy adapter
+(q/k/v/o and all seven targets) on dummy 7B weights; prints GPU kernel time and wall time.
+
+    python benchmarks/profile_merge.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from valora.adapters.types import LoRAAdapter
+from valora.layers.merge_kernels import torch_merge_layers, triton_merge_layers
+from valora.llm import LLM
+
+
+def main() -> None:
+    llm = LLM("qwen2-vl-7b", device="cuda", dtype="bfloat16", num_token=8192, max_num_seqs=8,
+              enable_lora=True, lora_towers=("language",), max_loras=2, max_lora_rank=64,
+              scheduler="valora", enforce_eager=True)  # fmt: skip
+    lora = llm.engine.lora
+    lora.add_dummy("all", 64, seed=7)
+    full = lora.registry.weights(lora.resolve("all"))
+    qkvo = {k: m for k, m in full.modules.items() if k[0] in ("qkv_proj", "o_proj")}
+    lora.registry.register("qkvo", lambda: LoRAAdapter("qkvo", qkvo), "qkvo")
+    for strategy, name in [(s, n) for s in ("triton", "torch") for n in ("qkvo", "all")]:
+        lora.merger.merge_layers = (
+            triton_merge_layers if strategy == "triton" else torch_merge_layers
+        )
+        key = lora.resolve(name)
+        lora.switch(key)
+        lora.switch(None)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            merge = lora.switch(key)
+            unmerge = lora.switch(None)
+            wall = time.perf_counter() - start
+        kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
+        gpu = sum(e.device_time_total for e in kernels) / 1e3
+        print(f"{strategy} {name}: merge {merge * 1e3:.2f} ms, unmerge {unmerge * 1e3:.2f} ms, "
+              f"wall {wall * 1e3:.2f} ms, GPU kernels {gpu:.2f} ms")  # fmt: skip
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=6))
+
+
+if __name__ == "__main__":
+    main()
