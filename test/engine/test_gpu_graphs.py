@@ -98,7 +98,10 @@ def test_graph_forward_replays_only_batches_where_every_row_samples():
     calls = []
 
     class FakeGraphs:
-        max_batch_size, max_blocks_per_seq = 8, 4
+        max_batch_size, max_blocks_per_seq, variants = 8, 4, ("none",)
+
+        def variant(self, batch):
+            return "none"
 
         def replay(self, batch):
             calls.append("graph")
