@@ -2,7 +2,8 @@
 
 On dummy weights (default ``qwen2-vl-7b``, bf16), one run measures:
 
-1. decode tok/s at batch B (default 32) without LoRA;
+1. decode tok/s at batch B (default 32) without LoRA and (3.) with LoRA, two engines side by
+   side, alternating for ``--rounds`` rounds (medians reported);
 2. HF + PEFT ``generate`` on the same weights with ``--hf-adapters`` rank-16 adapters on the
    seven language-model linears, mixed in one batch (``adapter_names``);
 3. decode tok/s at batch B with B distinct rank-16 dummy adapters on all seven language-model
@@ -94,30 +95,37 @@ def main() -> None:
     parser.add_argument("--hf-output-len", type=int, default=32)
     parser.add_argument("--merge-rank", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating base / LoRA runs")
     parser.add_argument("--out", default="benchmarks/results/lora.json")
     args = parser.parse_args()
     record = {"benchmark": "lora_overhead", "gpu": torch.cuda.get_device_name(),
               "versions": _versions(), "command": " ".join([sys.executable, *sys.argv]),
               "args": vars(args)}  # fmt: skip
 
+    # both engines live side by side and alternate, so clock drift hits both alike
     base = engine(args)
-    record["base"] = run_engine(base, args.batch, args.prompt_len, args.output_len)
-    print(json.dumps(record["base"]), flush=True)
-    record["hf_peft_mixed_tok_s"] = hf_peft_generate(base, args)
-    print("hf+peft", record["hf_peft_mixed_tok_s"], flush=True)
-    free(base)
-
     # max_lora_rank 16: the deployment's rank bound (vLLM's --max-lora-rank), so the kernels'
     # rank tiles and tuned buckets match the adapters served
     lora = engine(args, num_dummy_adapters=args.batch, dummy_ranks=(16,),
                   lora_towers=("language",), max_loras=args.batch, max_lora_rank=16)  # fmt: skip
     names = [f"lora{i}" for i in range(args.batch)]
-    record["lora"] = run_engine(lora, args.batch, args.prompt_len, args.output_len, names)
+    runs = {"base": [], "lora": []}
+    for _ in range(args.rounds):
+        runs["base"].append(run_engine(base, args.batch, args.prompt_len, args.output_len))
+        runs["lora"].append(run_engine(lora, args.batch, args.prompt_len, args.output_len, names))
+        print(json.dumps(runs["base"][-1]), json.dumps(runs["lora"][-1]), flush=True)
+    for name in runs:
+        record[name] = {key: statistics.median(r[key] for r in runs[name])
+                        for key in runs[name][0]}  # fmt: skip
+        record[f"{name}_runs"] = runs[name]
     record["lora_overhead"] = 1 - record["lora"]["decode_tok_s"] / record["base"]["decode_tok_s"]
-    print(json.dumps(record["lora"]), record["lora_overhead"], flush=True)
+    print("overhead", record["lora_overhead"], flush=True)
     record["lora_profile"] = profile_decode(lora, args.batch, args.prompt_len, adapters=names)
     record["adapter_bytes_read_per_step"] = adapter_bytes(lora, names)
     free(lora)
+    record["hf_peft_mixed_tok_s"] = hf_peft_generate(base, args)
+    print("hf+peft", record["hf_peft_mixed_tok_s"], flush=True)
+    free(base)
 
     merging = engine(args, enable_lora=True, lora_towers=("language",), max_loras=2,
                      max_lora_rank=args.merge_rank, scheduler="valora")  # fmt: skip

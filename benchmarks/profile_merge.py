@@ -16,7 +16,31 @@ from valora.layers.merge_kernels import torch_merge_layers, triton_merge_layers
 from valora.llm import LLM
 
 
+def sweep_tiles() -> None:
+    """Seconds of one merge of a rank-64 gate|up slice over 28 layers per tile config."""
+    from valora.layers.merge_kernels import SliceMerge
+
+    n, k, layers, rank = 18944, 3584, 28, 64
+    dev, dt = "cuda", torch.bfloat16
+    w = [torch.randn(n, k, device=dev, dtype=dt) for _ in range(layers)]
+    out = [torch.empty_like(t) for t in w]
+    a = torch.randn(layers, rank, k, device=dev, dtype=dt)
+    b = torch.randn(layers, rank, n, device=dev, dtype=dt)
+    job = SliceMerge(out, w, list(a), list(b), [1.0] * layers)
+    floor = 2 * sum(t.nbytes for t in w) / 4.3e12
+    for bn, bk, warps in [(64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 64, 4), (32, 256, 4)]:
+        triton_merge_layers(job, bn, bk, warps)
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(5):
+            triton_merge_layers(job, bn, bk, warps)
+        torch.cuda.synchronize()
+        ms = (time.perf_counter() - start) / 5 * 1e3
+        print(f"tile {bn}x{bk} warps {warps}: {ms:.2f} ms (floor at 4.3 TB/s {floor * 1e3:.2f})")
+
+
 def main() -> None:
+    sweep_tiles()
     llm = LLM("qwen2-vl-7b", device="cuda", dtype="bfloat16", num_token=8192, max_num_seqs=8,
               enable_lora=True, lora_towers=("language",), max_loras=2, max_lora_rank=64,
               scheduler="valora", enforce_eager=True)  # fmt: skip

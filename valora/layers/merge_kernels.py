@@ -38,7 +38,8 @@ def torch_merge_layers(job: SliceMerge) -> None:
             torch.addmm(w0, b.t(), a, alpha=scale, out=out)
 
 
-def triton_merge_layers(job: SliceMerge) -> None:
+def triton_merge_layers(job: SliceMerge, block_n: int = 64, block_k: int = 128,
+                        num_warps: int = 4) -> None:  # fmt: skip
     import triton
 
     from valora.layers.triton_merge import merge_layers_kernel
@@ -54,13 +55,12 @@ def triton_merge_layers(job: SliceMerge) -> None:
     ranks_t = torch.tensor(ranks, dtype=torch.int32).to(device, non_blocking=True)
     scales_t = torch.tensor(job.scales, dtype=torch.float32).to(device, non_blocking=True)
     block_r = max(16, triton.next_power_of_2(max(ranks)))
-    block_n, block_k = 64, 128
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k), len(ranks))
     merge_layers_kernel[grid](
         pointers, ranks_t, scales_t, len(ranks), n, k, job.outs[0].stride(0),
         job.pristine[0].stride(0), job.a_rows[0].stride(0), job.b_rows[0].stride(0),
         BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r, DTYPE=_TL_DTYPES[dtype],
-        FP32=dtype == torch.float32, num_warps=4,
+        FP32=dtype == torch.float32, num_warps=num_warps,
     )  # fmt: skip
 
 
