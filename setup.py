@@ -39,13 +39,24 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=8.0", "transformers>=4.52", "peft>=0.15", "triton>=3.0", "matplotlib>=3.7"],
+        "test": [
+            "pytest>=8.0",
+            "transformers>=4.52",
+            "peft>=0.15",
+            "triton>=3.0",
+            "matplotlib>=3.7",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "prometheus-client>=0.20",
+            "openai>=1.30",
+        ],
         "draw": ["matplotlib>=3.7"],
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "prometheus-client>=0.20"],
     },
     entry_points={
         "console_scripts": [
             "valora-demo=valora.demo:main",
+            "valora-serve=valora.server.cli:main",
         ],
     },
 )

@@ -78,7 +78,7 @@ class AsyncEngine:
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         finished = False
         try:
-            await self.call(self.engine.add_request, request_id, prompt, params, adapter)
+            await self.call(self._add, request_id, prompt, params, adapter)
             while not finished:
                 out = await outputs.get()
                 if isinstance(out, Exception):
@@ -94,6 +94,21 @@ class AsyncEngine:
                 self._wake.set()
 
     # ---- the engine thread ----------------------------------------------------------------
+    def _add(self, request_id: str, prompt, params, adapter: str | None) -> None:
+        """Add, refusing a ``max_tokens`` that cannot fit beside the prompt (as vLLM's API does;
+        the offline engine would stop at the context length instead)."""
+        request = self.engine.add_request(request_id, prompt, params, adapter)
+        max_len = self.engine.scheduler.config.max_model_len
+        if (
+            params.max_tokens is not None
+            and request.num_prompt_tokens + params.max_tokens > max_len
+        ):
+            self.engine.abort(request_id)
+            raise ValueError(
+                f"this model's maximum context length is {max_len} tokens; the prompt has "
+                f"{request.num_prompt_tokens} and max_tokens asks for {params.max_tokens} more"
+            )
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._run_commands()

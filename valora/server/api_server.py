@@ -1,0 +1,251 @@
+"""The OpenAI-compatible HTTP server (FastAPI): routes, auth, errors, streaming.
+
+``build_app(engine, config)`` returns the app; ``valora.server.cli`` runs it under uvicorn. The
+engine runs in its own thread (``AsyncEngine``). Bad input answers 400 (404 for an unknown model
+or adapter, 401 without the API key, 503 with ``Retry-After`` when too many requests are in
+flight), always with OpenAI's error body, and never touches other requests. A client that
+disconnects aborts its request, which frees its KV blocks and adapter pin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+import valora
+from valora.engine import LLMEngine
+from valora.sampling_params import RequestOutputKind
+from valora.server.async_engine import AsyncEngine, EngineFailed, EngineOverloaded
+from valora.server.media import MediaPolicy
+from valora.server.metrics import ServerMetrics
+from valora.server.prompts import chat_prompt, completion_prompt
+from valora.server.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    LoadLoRAAdapterRequest,
+    UnloadLoRAAdapterRequest,
+    error_body,
+)
+from valora.server.responses import ChunkBuilder, chat_response, completion_response, new_id, sse
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    served_model_name: str
+    model_root: str = ""  # what /v1/models reports as the base model's root
+    api_key: str | None = None
+    media: MediaPolicy = field(default_factory=MediaPolicy)
+    max_pending: int = 1024  # requests in flight before 503
+    lora_root: str | None = None  # runtime adapter loads only from under here (None: disabled)
+    retry_after_s: int = 1
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+def error(status: int, message: str, kind: str = "invalid_request_error", headers=None):
+    return JSONResponse(error_body(message, kind, status), status_code=status, headers=headers)
+
+
+def build_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
+    metrics = ServerMetrics(engine)
+    runner = AsyncEngine(engine, config.max_pending, metrics.observe)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        runner.start()
+        yield
+        runner.shutdown()
+
+    app = FastAPI(title="VaLoRA", version=valora.__version__, lifespan=lifespan)
+    app.state.engine, app.state.runner, app.state.config = engine, runner, config
+    _install_errors_and_auth(app, config)
+    _add_info_routes(app, engine, config, metrics)
+    _add_adapter_routes(app, engine, runner, config)
+    _add_generation_routes(app, engine, runner, config)
+    return app
+
+
+def _install_errors_and_auth(app: FastAPI, config: ServerConfig) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def invalid_body(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return error(400, f"invalid request: {where or 'body'}: {first.get('msg', exc)}")
+
+    @app.exception_handler(ValueError)
+    async def bad_value(request: Request, exc: ValueError):
+        return error(400, str(exc))
+
+    @app.exception_handler(ModelNotFound)
+    async def not_found(request: Request, exc: ModelNotFound):
+        return error(404, str(exc), "not_found_error")
+
+    @app.exception_handler(EngineOverloaded)
+    async def overloaded(request: Request, exc: EngineOverloaded):
+        headers = {"Retry-After": str(config.retry_after_s)}
+        return error(503, f"server overloaded ({exc}); retry later", "overloaded", headers)
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        if config.api_key is not None and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            expected = f"Bearer {config.api_key}"
+            if not hmac.compare_digest(given.encode(), expected.encode()):
+                return error(401, "invalid or missing API key", "authentication_error")
+        return await call_next(request)
+
+
+def _add_info_routes(app, engine: LLMEngine, config: ServerConfig, metrics) -> None:
+    @app.get("/health")
+    async def health():
+        return Response(status_code=200)
+
+    @app.get("/version")
+    async def version():
+        return {"version": valora.__version__}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models():
+        created = int(time.time())
+        base = config.served_model_name
+        cards = [_card(base, config.model_root or base, None, created, engine)]
+        if engine.lora is not None:
+            registry = engine.lora.registry
+            for name in registry.names():
+                entry = registry.entries[registry.resolve(name)]
+                cards.append(_card(name, entry.description, base, created, engine))
+        return {"object": "list", "data": cards}
+
+
+def _card(model_id: str, root: str, parent: str | None, created: int, engine) -> dict:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "valora",
+            "root": root, "parent": parent,
+            "max_model_len": engine.scheduler.config.max_model_len}  # fmt: skip
+
+
+def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> None:
+    @app.post("/v1/load_lora_adapter")
+    async def load_adapter(body: LoadLoRAAdapterRequest):
+        if engine.lora is None:
+            return error(400, "this server runs without LoRA (start it with --enable-lora)")
+        if config.lora_root is None:
+            return error(400, "runtime adapter loading is disabled (start with --lora-root DIR)")
+        if body.lora_name == config.served_model_name:
+            return error(400, f"{body.lora_name!r} is the base model's name")
+        path = Path(body.lora_path).resolve()
+        if not path.is_relative_to(Path(config.lora_root).resolve()):
+            return error(400, f"adapter path {body.lora_path!r} is outside the allowed root")
+        version = await runner.call(engine.lora.add_adapter, body.lora_name, str(path))
+        verb = "added" if version == 1 else f"reloaded (version {version})"
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' {verb} successfully.")
+
+    @app.post("/v1/unload_lora_adapter")
+    async def unload_adapter(body: UnloadLoRAAdapterRequest):
+        if engine.lora is None or body.lora_name not in engine.lora.registry.latest:
+            return error(404, f"adapter {body.lora_name!r} is not loaded", "not_found_error")
+        # requests already running on it finish on its weights; new ones cannot name it
+        await runner.call(engine.lora.remove_adapter, body.lora_name)
+        return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+
+def _adapter_for(engine: LLMEngine, config: ServerConfig, model: str) -> str | None:
+    if model in (config.served_model_name, config.model_root):
+        return None
+    if engine.lora is not None and model in engine.lora.registry.latest:
+        return model
+    raise ModelNotFound(f"the model {model!r} does not exist")
+
+
+def _add_generation_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> None:
+    tokenizer = engine.tokenizer
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request):
+        adapter = _adapter_for(engine, config, body.model)
+        prompt = await chat_prompt(body, tokenizer, config.media)
+        params = body.sampling_params(body.requested_max_tokens(), body.requested_logprobs())
+        return await _generate(request, runner, "chat", body, prompt, params, adapter, tokenizer)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        adapter = _adapter_for(engine, config, body.model)
+        prompt = completion_prompt(body)
+        params = body.sampling_params(body.max_tokens if body.max_tokens is not None else 16,
+                                      body.logprobs)  # fmt: skip
+        return await _generate(request, runner, "completion", body, prompt, params, adapter,
+                               tokenizer)  # fmt: skip
+
+
+async def _generate(request, runner, kind, body, prompt, params, adapter, tokenizer):
+    request_id = new_id("chatcmpl" if kind == "chat" else "cmpl")
+    if body.stream:
+        params = replace(params, output_kind=RequestOutputKind.DELTA)
+        outputs = runner.generate(request_id, prompt, params, adapter)
+        first = await anext(outputs)  # errors before the stream starts become 4xx / 503
+        builder = ChunkBuilder(kind, body.model, request_id, tokenizer)
+        usage = body.stream_options is not None and body.stream_options.include_usage
+        return StreamingResponse(_stream(builder, first, outputs, usage),
+                                 media_type="text/event-stream")  # fmt: skip
+    params = replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
+    final = await _until_done(request, runner.generate(request_id, prompt, params, adapter))
+    if final is None:  # the client went away; nothing to answer
+        return Response(status_code=499)
+    if kind == "chat":
+        return chat_response(final, body.model, request_id, tokenizer)
+    echo = tokenizer.decode(final.prompt_token_ids) if getattr(body, "echo", False) else ""
+    return completion_response(final, body.model, request_id, tokenizer, echo)
+
+
+async def _until_done(request: Request, outputs):
+    """The final output, or None if the client disconnected first (the request is aborted)."""
+
+    async def collect():
+        last = None
+        async for out in outputs:
+            last = out
+        return last
+
+    task = asyncio.ensure_future(collect())
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=0.5)
+        if done:
+            return task.result()
+        if await request.is_disconnected():
+            task.cancel()
+            await outputs.aclose()
+            return None
+
+
+async def _stream(builder: ChunkBuilder, first, outputs, include_usage: bool):
+    out = first
+    try:
+        if builder.kind == "chat":
+            yield builder.role()
+        while True:
+            chunk = builder.delta(out)
+            if chunk is not None:
+                yield chunk
+            if out.finished:
+                break
+            out = await anext(outputs)
+        if include_usage:
+            yield builder.usage(out)
+    except EngineFailed as exc:
+        yield sse(error_body(str(exc), "internal_error", 500))
+    finally:
+        await outputs.aclose()  # a disconnect lands here: the request is aborted
+    yield "data: [DONE]\n\n"

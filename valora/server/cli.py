@@ -1,0 +1,107 @@
+"""``valora-serve`` / ``benchmarks/launch_server.py``: build the engine, print what is served,
+run the OpenAI-compatible server under uvicorn.
+
+    valora-serve --model-setting tiny --num-adapter 4 --port 8000
+    valora-serve --model /ckpt/qwen2-vl-7b --lora-modules sql=/adapters/sql --api-key KEY
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from valora.orchestrator import POLICIES
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="checkpoint directory or model setting (default: the setting)")
+    p.add_argument("--model-setting", default="tiny", help="tiny | qwen2-vl-2b | qwen2-vl-7b")
+    p.add_argument("--dummy", action="store_true", help="dummy weights from --model-setting")
+    p.add_argument("--served-model-name", help="the base model's name in the API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--api-key", help="require 'Authorization: Bearer KEY' on every route but /health"
+    )
+    p.add_argument("--quantization", default="none", choices=["none", "w4a16", "w8a16"])
+    # engine
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--device")
+    p.add_argument("--num-token", type=int, help="KV-cache budget in tokens")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    p.add_argument("--max-model-len", type=int, default=32768)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--no-prefix-caching", action="store_true")
+    p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheduler", default="valora", choices=sorted(POLICIES))
+    # LoRA
+    p.add_argument("--num-adapter", type=int, default=0, help="dummy adapters lora0..loraN-1")
+    p.add_argument("--dummy-ranks", type=int, nargs="+", default=[8, 16, 32, 64])
+    p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
+    p.add_argument("--enable-lora", action="store_true", help="LoRA on even with no adapter yet")
+    p.add_argument("--max-loras", type=int, default=8)
+    p.add_argument("--max-lora-rank", type=int, default=64)
+    p.add_argument("--max-cpu-loras", type=int, default=64)
+    p.add_argument("--lora-backend", choices=["atmm", "sgmv", "mbgmv", "einsum", "torch"])
+    p.add_argument("--lora-root", help="runtime adapter loads only from under this directory")
+    # requests
+    p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
+    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) images")
+    p.add_argument("--max-images-per-request", type=int, default=8)
+    p.add_argument("--max-pending", type=int, default=1024, help="in-flight requests before 503")
+    return p
+
+
+def lora_modules(items: list[str]) -> dict[str, str]:
+    modules = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"--lora-modules takes NAME=PATH, got {item!r}")
+        modules[name] = path
+    return modules
+
+
+def build_server(args: argparse.Namespace):
+    """-> (app, engine, served name)."""
+    from valora.llm import LLM
+    from valora.server.api_server import ServerConfig, build_app
+    from valora.server.media import MediaPolicy
+
+    if args.quantization != "none":
+        raise SystemExit(f"--quantization {args.quantization} is not available in this build")
+    model = args.model_setting if args.dummy or not args.model else args.model
+    modules = lora_modules(args.lora_modules)
+    llm = LLM(model, dtype=args.dtype, device=args.device, num_token=args.num_token,
+              enable_prefix_caching=not args.no_prefix_caching, block_size=args.block_size,
+              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+              lora_modules=modules, max_lora_rank=args.max_lora_rank, seed=args.seed,
+              enforce_eager=args.enforce_eager, scheduler=args.scheduler,
+              enable_lora=args.enable_lora or bool(modules) or args.num_adapter > 0 or None,
+              num_dummy_adapters=args.num_adapter, dummy_ranks=tuple(args.dummy_ranks),
+              max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
+              lora_backend=args.lora_backend)  # fmt: skip
+    name = args.served_model_name or model
+    media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
+                        max_images_per_request=args.max_images_per_request)  # fmt: skip
+    config = ServerConfig(name, model, args.api_key, media, args.max_pending, args.lora_root)
+    return build_app(llm.engine, config), llm.engine, name
+
+
+def main(argv: list[str] | None = None) -> None:
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    app, engine, name = build_server(args)
+    adapters = engine.lora.registry.names() if engine.lora is not None else []
+    print(f"serving {name!r} at http://{args.host}:{args.port}/v1 (scheduler {args.scheduler})")
+    print(f"adapters ({len(adapters)}): {', '.join(adapters) or 'none'}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
