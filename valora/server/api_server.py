@@ -10,13 +10,14 @@ disconnects aborts its request, which frees its KV blocks and adapter pin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
@@ -52,6 +53,10 @@ class ModelNotFound(Exception):
     pass
 
 
+class Unauthorized(Exception):
+    pass
+
+
 def error(status: int, message: str, kind: str = "invalid_request_error", headers=None):
     return JSONResponse(error_body(message, kind, status), status_code=status, headers=headers)
 
@@ -66,7 +71,8 @@ def build_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
         yield
         runner.shutdown()
 
-    app = FastAPI(title="VaLoRA", version=valora.__version__, lifespan=lifespan)
+    app = FastAPI(title="VaLoRA", version=valora.__version__, lifespan=lifespan,
+                  dependencies=[Depends(_check_key(config))])  # fmt: skip
     app.state.engine, app.state.runner, app.state.config = engine, runner, config
     _install_errors_and_auth(app, config)
     _add_info_routes(app, engine, config, metrics)
@@ -95,14 +101,23 @@ def _install_errors_and_auth(app: FastAPI, config: ServerConfig) -> None:
         headers = {"Retry-After": str(config.retry_after_s)}
         return error(503, f"server overloaded ({exc}); retry later", "overloaded", headers)
 
-    @app.middleware("http")
-    async def require_key(request: Request, call_next):
-        if config.api_key is not None and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            expected = f"Bearer {config.api_key}"
-            if not hmac.compare_digest(given.encode(), expected.encode()):
-                return error(401, "invalid or missing API key", "authentication_error")
-        return await call_next(request)
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized):
+        return error(401, "invalid or missing API key", "authentication_error")
+
+
+def _check_key(config: ServerConfig):
+    """A dependency of every route but /health (not an HTTP middleware: those wrap streaming
+    responses in an extra task)."""
+
+    async def check(request: Request) -> None:
+        if config.api_key is None or request.url.path == "/health":
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
+            raise Unauthorized()
+
+    return check
 
 
 def _add_info_routes(app, engine: LLMEngine, config: ServerConfig, metrics) -> None:
@@ -211,7 +226,8 @@ async def _generate(request, runner, kind, body, prompt, params, adapter, tokeni
 
 
 async def _until_done(request: Request, outputs):
-    """The final output, or None if the client disconnected first (the request is aborted)."""
+    """The final output, or None if the client disconnected first (the request is aborted: the
+    cancelled iteration runs ``generate``'s cleanup)."""
 
     async def collect():
         last = None
@@ -219,15 +235,21 @@ async def _until_done(request: Request, outputs):
             last = out
         return last
 
-    task = asyncio.ensure_future(collect())
-    while True:
-        done, _ = await asyncio.wait({task}, timeout=0.5)
-        if done:
-            return task.result()
-        if await request.is_disconnected():
-            task.cancel()
-            await outputs.aclose()
-            return None
+    async def disconnected():  # the body is read: the next message is the disconnect
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task, listener = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        listener.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
 
 
 async def _stream(builder: ChunkBuilder, first, outputs, include_usage: bool):

@@ -60,6 +60,11 @@ class AsyncEngine:
         return self._num_pending
 
     # ---- calls into the engine thread -----------------------------------------------------
+    def submit(self, fn: Callable, *args) -> None:
+        """Run ``fn(*args)`` on the engine thread between steps, without waiting for it."""
+        self._commands.put((fn, args, None))
+        self._wake.set()
+
     async def call(self, fn: Callable, *args) -> Any:
         """Run ``fn(*args)`` on the engine thread between steps; its result or exception."""
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -90,8 +95,7 @@ class AsyncEngine:
             self._num_pending -= 1
             self._streams.pop(request_id, None)
             if not finished:  # the consumer left (disconnect, cancel): free everything
-                self._commands.put((self.engine.abort, (request_id,), None))
-                self._wake.set()
+                self.submit(self.engine.abort, request_id)
 
     # ---- the engine thread ----------------------------------------------------------------
     def _add(self, request_id: str, prompt, params, adapter: str | None) -> None:
