@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import functools
+import http.server
 import io
+import json
 import threading
 import time
 
@@ -28,12 +32,20 @@ def peft_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(peft_dir):
+def media_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    Image.new("RGB", (56, 84), (10, 200, 30)).save(root / "green.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(peft_dir, media_dir):
     root, _ = peft_dir
     # the torch LoRA backend: the Triton kernels would run in the CPU interpreter here (they
     # are tested against the reference in test/kernel)
     with running_server("--num-adapter", "4", "--lora-root", str(root), "--max-model-len", "512",
-                        "--lora-backend", "torch") as (url, engine, _):  # fmt: skip
+                        "--lora-backend", "torch", "--allowed-local-media-path", str(media_dir),
+                        "--allow-remote-media") as (url, engine, _):  # fmt: skip
         yield url, engine
 
 
@@ -142,10 +154,13 @@ BAD_CHAT = [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]}, 400,
      "base64"),
     ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400, "disabled"),
+        {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400,
+     "outside the allowed media directory"),
     ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://example.com/a.png"}}]}]}, 400,
-     "disabled"),
+        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/a.png"}}]}]}, 400,
+     "cannot fetch image"),
+    ({"model": "tiny", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}]}, 400, "scheme"),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=1"),
     ({"model": "tiny", "messages": "hello"}, 400, "invalid request"),
 ]  # fmt: skip
@@ -172,6 +187,55 @@ def test_malformed_json_and_too_many_images(server):
     body = {"model": "tiny", "messages": [{"role": "user", "content": parts}]}
     r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 400 and "at most 8" in r.json()["error"]["message"]
+
+
+def test_local_and_remote_images(server, client, media_dir):
+    local = chat_with_url(client, str(media_dir / "green.png"))
+    assert local.usage.prompt_tokens > 16
+    assert chat_with_url(client, (media_dir / "green.png").as_uri()).usage == local.usage
+    traversal = str(media_dir / ".." / media_dir.name / ".." / "etc")
+    with pytest.raises(openai.BadRequestError, match="outside the allowed media directory"):
+        chat_with_url(client, traversal)
+    with serve_files(media_dir) as base:  # http(s) on: fetched with a timeout and a size cap
+        remote = chat_with_url(client, base + "/green.png")
+        assert remote.choices[0].message.content == local.choices[0].message.content
+
+
+def chat_with_url(client, url: str):
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "?"}]
+    messages = [{"role": "user", "content": content}]
+    return client.chat.completions.create(model="tiny", messages=messages, **GREEDY)
+
+
+@contextlib.contextmanager
+def serve_files(directory):
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+
+
+def test_unloading_an_adapter_in_use_lets_its_stream_finish(server, peft_dir):
+    url, _ = server
+    _, path = peft_dir
+    httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "busy", "lora_path": path})
+    body = {"model": "busy", "prompt": "stream on", "max_tokens": 40, "stream": True,
+            "ignore_eos": True}  # fmt: skip
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        lines = r.iter_lines()
+        assert next(lines).startswith("data: ")
+        gone = httpx.post(url + "/v1/unload_lora_adapter", json={"lora_name": "busy"})
+        assert gone.status_code == 200
+        rest = [line for line in lines if line.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    finish = [json.loads(x[6:])["choices"][0]["finish_reason"] for x in rest[:-1]]
+    assert finish[-1] == "length"  # all 40 tokens, on the adapter it started with
+    refused = httpx.post(url + "/v1/completions", json={**body, "stream": False})
+    assert refused.status_code == 404
 
 
 def test_disconnect_mid_stream_frees_its_blocks(server):
@@ -251,3 +315,6 @@ def test_api_key_guards_every_route_but_health():
         assert good.models.list().data[0].id == "tiny"
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0).models.list()
+        for image in ("/etc/passwd", "http://127.0.0.1:9/a.png"):  # default media policy
+            with pytest.raises(openai.BadRequestError, match="disabled on this server"):
+                chat_with_url(good, image)
