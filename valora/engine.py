@@ -43,6 +43,7 @@ class EngineConfig:
     seed: int = 0  # dummy-weight seed
     enforce_eager: bool = False  # True: no CUDA graphs for decode steps
     lora: LoRAConfig | None = None  # None: no LoRA (no pool, no LoRA layers)
+    quantization: str = "none"  # "w4a16" | "w8a16": the language model's linears quantized
     policy_options: tuple[tuple[str, object], ...] = ()  # keyword options of the policy
 
 
@@ -51,6 +52,7 @@ class LLMEngine:
         self.config = config
         self.model = load_model(config.model, config.dtype, config.device, seed=config.seed)
         self.model_config: ModelConfig = self.model.cfg
+        self._quantize()
         is_dir = not is_model_setting(config.model)
         self.tokenizer = Tokenizer.load(config.model if is_dir else None)
         self.policy = make_policy(config.scheduler.policy, **dict(config.policy_options))
@@ -72,6 +74,17 @@ class LLMEngine:
                                   lora=self.lora)  # fmt: skip
         self.outputs = OutputProcessor(self.tokenizer, max_len)
         self._requests: dict[str, Request] = {}  # unfinished requests by id
+
+    def _quantize(self) -> None:
+        """Weight-only quantization of the LM linears (RTN from the loaded weights: the dummy
+        quantized weights of the named settings)."""
+        if self.config.quantization == "none":
+            return
+        from valora.quant.convert import quantize_model_rtn
+
+        quantize_model_rtn(self.model, self.config.quantization)
+        if self.config.device.startswith("cuda"):
+            torch.cuda.empty_cache()
 
     def _lora_manager(self) -> LoRAManager | None:
         lora = self.config.lora

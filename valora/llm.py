@@ -59,6 +59,7 @@ class LLM:
         lora_towers: Sequence[str] = ("language", "vision"),
         allow_pickle: bool = False,
         policy_options: dict | None = None,
+        quantization: str = "none",
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
@@ -84,8 +85,9 @@ class LLM:
                 scheduler_config,
                 seed,
                 enforce_eager,
-                lora_config,
-                tuple((policy_options or {}).items()),
+                lora=lora_config,
+                policy_options=tuple((policy_options or {}).items()),
+                quantization=quantization,
             )  # fmt: skip
         )
         for name, path in (lora_modules or {}).items():

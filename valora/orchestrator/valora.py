@@ -110,7 +110,7 @@ class VaLoRAPolicy(Policy):
             return merged if merged is not None and counts.get(merged, 0) else top
         if top is None:
             return None
-        gain = (self._mixture_cost(requests, merged) - self._mixture_cost(requests, top))
+        gain = self._mixture_cost(requests, merged) - self._mixture_cost(requests, top)
         horizon = self._horizon(requests, top)
         if merged != top and gain * horizon > self.margin * self.switch_seconds:
             return top
