@@ -21,8 +21,8 @@ from bench_engine import _versions, run_engine
 from bench_kernels import _capture, _median_s, copy_bandwidth, matmul_peak
 
 from valora.llm import LLM
-from valora.quant.reference import dequantize, quantize_rtn
-from valora.quant.triton_gemm import quant_matmul
+from valora.quant.reference import quantize_rtn
+from valora.quant.triton_gemm import dequantize_kn, quant_matmul
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
 MS = (1, 8, 16, 32, 64, 256, 1024)
@@ -38,7 +38,7 @@ def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
             calls = {  # each captured and timed before the next iteration rebinds x
                 "bf16_cublas": lambda: x @ w16.t(),  # noqa: B023
                 "triton": lambda: quant_matmul(x, wq),  # noqa: B023
-                "dequant_cublas": lambda: x @ dequantize(wq, torch.bfloat16).t(),  # noqa: B023
+                "dequant_cublas": lambda: x @ dequantize_kn(wq, torch.bfloat16),  # noqa: B023
             }
             times = {key: _median_s(_capture(call).replay, 20) for key, call in calls.items()}
             flops = 2 * m * n * k

@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("triton")
 
 from valora.quant.reference import dequantize, quantize_rtn  # noqa: E402
-from valora.quant.triton_gemm import quant_matmul  # noqa: E402
+from valora.quant.triton_gemm import dequantize_kn, quant_matmul  # noqa: E402
 
 TOL = {torch.float32: 2e-3, torch.float16: 5e-3, torch.bfloat16: 3e-2}
 
@@ -63,3 +63,13 @@ def test_qgemm_gpu_bf16(m, n, k, bits):
 @pytest.mark.parametrize("group_size, act_order", [(128, True), (-1, False), (32, False)])
 def test_qgemm_gpu_groupings(group_size, act_order):
     check(8, 4608, 3584, 4, group_size, act_order, torch.bfloat16, "cuda")
+
+
+@pytest.mark.parametrize(
+    "bits, group_size, act_order", [(4, 32, False), (8, 64, True), (4, -1, False)]
+)
+def test_dequantize_kernel_matches_reference(bits, group_size, act_order):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    w = make_weight(96, 256, bits, group_size, act_order, device, seed=bits)
+    got = dequantize_kn(w, torch.float32)
+    assert torch.allclose(got, dequantize(w, torch.float32).t(), atol=1e-6)

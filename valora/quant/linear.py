@@ -57,6 +57,12 @@ class QuantLinear(nn.Module):
             y = quant_matmul(x2, self.quantized)
             if self.bias is not None:
                 y += self.bias
+        elif self._cuda:  # large M: compute-bound, cuBLAS on the dequantized weight
+            from valora.quant.triton_gemm import dequantize_kn
+
+            y = x2 @ dequantize_kn(self.quantized, x2.dtype)
+            if self.bias is not None:
+                y += self.bias
         else:
             y = F.linear(x2, dequantize(self.quantized, x2.dtype), self.bias)
         return y.view(*x.shape[:-1], y.shape[-1])

@@ -42,12 +42,16 @@ def _qgemm_kernel(
             mask=m_ok[:, None] & k_ok[None, :],
             other=0.0,
         )  # [BLOCK_M, BLOCK_K]
+        # each packed word once: [BLOCK_K // PACK, BLOCK_N], unpacked to [BLOCK_K, BLOCK_N]
+        offs_p = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
         packed = tl.load(
-            qw_ptr + (offs_k // PACK)[:, None] * N + offs_n[None, :],
-            mask=k_ok[:, None] & n_ok[None, :],
+            qw_ptr + offs_p[:, None] * N + offs_n[None, :],
+            mask=(offs_p * PACK < k_end)[:, None] & n_ok[None, :],
             other=0,
-        )  # [BLOCK_K, BLOCK_N]
-        q = (packed >> ((offs_k % PACK) * BITS)[:, None]) & MASK
+        )
+        shifts = tl.arange(0, PACK) * BITS
+        q = (packed[:, None, :] >> shifts[None, :, None]) & MASK  # [BLOCK_K // PACK, PACK, BN]
+        q = tl.reshape(q, (BLOCK_K, BLOCK_N))
         if TILE_GROUPS:  # the whole tile is one group: one scale / zero row
             g = k0 // group_size
             s = tl.load(scales_ptr + g * N + offs_n, mask=n_ok, other=0.0)[None, :]
@@ -68,6 +72,51 @@ def _qgemm_kernel(
         tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
     else:
         tl.atomic_add(y_ptrs, acc, mask=mask, sem="relaxed")
+
+
+@triton.jit
+def _dequant_kernel(qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, out_ptr, N, K, group_size,
+                    BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HAS_GIDX: tl.constexpr):  # fmt: skip
+    """out[k, n] = W[n, k] ([K, N], the layout x @ out wants), one [BLOCK_K, BLOCK_N] tile."""
+    PACK: tl.constexpr = 32 // BITS
+    MASK: tl.constexpr = (1 << BITS) - 1
+    offs_p = tl.program_id(0) * (BLOCK_K // PACK) + tl.arange(0, BLOCK_K // PACK)
+    offs_k = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    k_ok, n_ok = offs_k < K, offs_n < N
+    packed = tl.load(
+        qw_ptr + offs_p[:, None] * N + offs_n[None, :],
+        mask=(offs_p * PACK < K)[:, None] & n_ok[None, :],
+        other=0,
+    )
+    shifts = tl.arange(0, PACK) * BITS
+    q = tl.reshape((packed[:, None, :] >> shifts[None, :, None]) & MASK, (BLOCK_K, BLOCK_N))
+    if HAS_GIDX:
+        g = tl.load(gidx_ptr + offs_k, mask=k_ok, other=0)
+    else:
+        g = offs_k // group_size
+    gn = g[:, None] * N + offs_n[None, :]
+    mask = k_ok[:, None] & n_ok[None, :]
+    s = tl.load(scales_ptr + gn, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(zeros_ptr + gn, mask=mask, other=0)
+    w = (q - z).to(tl.float32) * s
+    tl.store(out_ptr + offs_k[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty),
+             mask=mask)  # fmt: skip
+
+
+def dequantize_kn(w: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
+    """The weight dequantized to [K, N] in ``dtype`` (one pass: read packed, write dense)."""
+    k, n = w.in_features, w.out_features
+    out = torch.empty(k, n, device=w.qweight.device, dtype=dtype)
+    block_k, block_n = 64, 128
+    grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
+    _dequant_kernel[grid](
+        w.qweight, w.scales, w.zeros, w.g_idx if w.g_idx is not None else w.zeros, out, n, k,
+        w.group_size, BITS=w.bits, BLOCK_K=block_k, BLOCK_N=block_n,
+        HAS_GIDX=w.g_idx is not None, num_warps=4,
+    )  # fmt: skip
+    return out
 
 
 def default_config(m: int, n: int, k: int, group_size: int, num_sms: int) -> dict:
