@@ -59,6 +59,26 @@ def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
     return rows
 
 
+def sweep_small_m(bits: int) -> list[dict]:
+    """Tile configs of the Triton kernel at decode sizes (the defaults' evidence)."""
+    rows = []
+    for name in ("gate_up", "down"):
+        n, k = SHAPES[name]
+        wq = quantize_rtn(torch.randn(n, k, device="cuda") / k**0.5, bits, 128, False).to("cuda")
+        for m in (1, 16):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+            for bn, bk, split, warps, stages in [(64, 128, 1, 4, 3), (128, 128, 1, 4, 3),
+                                                 (32, 128, 1, 4, 4), (64, 256, 1, 4, 2),
+                                                 (64, 128, 2, 4, 3), (128, 128, 2, 8, 3),
+                                                 (32, 256, 4, 4, 3), (64, 128, 4, 4, 4)]:  # fmt: skip
+                cfg = {"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split,
+                       "num_warps": warps, "num_stages": stages}  # fmt: skip
+                t = _median_s(_capture(lambda: quant_matmul(x, wq, cfg)).replay, 20)  # noqa: B023
+                rows.append({"shape": name, "M": m, "bits": bits, **cfg, "us": t * 1e6})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def decode_rows(setting: str) -> list[dict]:
     rows = []
     for quantization in ("none", "w4a16"):
@@ -84,6 +104,7 @@ def main() -> None:
     record = {"benchmark": "quant_gemm", "gpu": torch.cuda.get_device_name(),
               "versions": _versions(), "command": " ".join([sys.executable, *sys.argv]),
               "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_peak_TFLOPs": peak / 1e12}  # fmt: skip
+    record["sweep"] = [row for bits in args.bits for row in sweep_small_m(bits)]
     record["gemm"] = [row for bits in args.bits for row in gemm_rows(bits, bandwidth, peak)]
     record["decode"] = decode_rows(args.model_setting)
     with open(args.out, "w") as f:
