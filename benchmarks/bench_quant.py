@@ -26,6 +26,8 @@ from valora.quant.triton_gemm import dequantize_kn, quant_matmul
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
 MS = (1, 8, 16, 32, 64, 256, 1024)
+SWEEP = [(64, 128, 1, 4, 3), (128, 128, 1, 4, 3), (32, 128, 1, 4, 4), (64, 256, 1, 4, 2),
+         (64, 128, 2, 4, 3), (128, 128, 2, 8, 3), (32, 256, 4, 4, 3), (64, 128, 4, 4, 4)]  # fmt: skip
 
 
 def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
@@ -67,10 +69,7 @@ def sweep_small_m(bits: int) -> list[dict]:
         wq = quantize_rtn(torch.randn(n, k, device="cuda") / k**0.5, bits, 128, False).to("cuda")
         for m in (1, 16):
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            for bn, bk, split, warps, stages in [(64, 128, 1, 4, 3), (128, 128, 1, 4, 3),
-                                                 (32, 128, 1, 4, 4), (64, 256, 1, 4, 2),
-                                                 (64, 128, 2, 4, 3), (128, 128, 2, 8, 3),
-                                                 (32, 256, 4, 4, 3), (64, 128, 4, 4, 4)]:  # fmt: skip
+            for bn, bk, split, warps, stages in SWEEP:
                 cfg = {"BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": split,
                        "num_warps": warps, "num_stages": stages}  # fmt: skip
                 t = _median_s(_capture(lambda: quant_matmul(x, wq, cfg)).replay, 20)  # noqa: B023
