@@ -26,8 +26,10 @@ from valora.quant.triton_gemm import dequantize_kn, quant_matmul
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
 MS = (1, 8, 16, 32, 64, 256, 1024)
+# (BLOCK_N, BLOCK_K, SPLIT_K, warps, stages) tried at decode sizes
 SWEEP = [(64, 128, 1, 4, 3), (128, 128, 1, 4, 3), (32, 128, 1, 4, 4), (64, 256, 1, 4, 2),
-         (64, 128, 2, 4, 3), (128, 128, 2, 8, 3), (32, 256, 4, 4, 3), (64, 128, 4, 4, 4)]  # fmt: skip
+         (64, 128, 2, 4, 3), (128, 128, 2, 8, 3), (32, 256, 4, 4, 3),
+         (64, 128, 4, 4, 4)]  # fmt: skip
 
 
 def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
