@@ -49,6 +49,7 @@ setup(
             "uvicorn>=0.29",
             "prometheus-client>=0.20",
             "openai>=1.30",
+            "httpx>=0.25",
         ],
         "draw": ["matplotlib>=3.7"],
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "prometheus-client>=0.20"],
