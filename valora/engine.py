@@ -8,6 +8,7 @@ stop rules and builds the step's outputs (``valora.output_processor``).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass
 
@@ -201,7 +202,7 @@ class LLMEngine:
         if out.is_empty and plan.hold is not None and sched.num_unfinished:
             out = sched.schedule()
         if self.lora is not None:
-            self.lora.prefetch(list(sched.waiting)[:4])
+            self.lora.prefetch(list(itertools.islice(sched.waiting, 4)))
         return out
 
     def _append(self, request: Request, token: SampledToken) -> RequestOutput | None:

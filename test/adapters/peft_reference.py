@@ -7,11 +7,8 @@ import copy
 from pathlib import Path
 
 import torch
-from hf_reference import make_hf_model, save_checkpoint
+from hf_reference import hf_greedy, make_hf_model, save_checkpoint
 from peft import LoraConfig, get_peft_model
-from test_parity_hf import build_prompt
-
-from valora.tokenizer import Tokenizer
 
 LM = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 VISION = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "merger.mlp.0", "merger.mlp.2"]
@@ -43,23 +40,8 @@ def build_references(root: Path, prompts: list[str], adapters: dict = ADAPTERS):
         dirs[name] = root / name
         peft_model.save_pretrained(dirs[name])
         models[name] = peft_model.eval()
-    tokenizer = Tokenizer.builtin()
     expected = {}
     for name, model in models.items():
         for prompt in prompts:
-            expected[(name, prompt)] = greedy(model, tokenizer, prompt, hf.config.image_token_id)
+            expected[(name, prompt)] = hf_greedy(model, prompt, MAX_NEW, hf.config.image_token_id)
     return str(ckpt), {k: str(v) for k, v in dirs.items()}, expected
-
-
-def greedy(model, tokenizer: Tokenizer, prompt: str, image_token_id: int) -> list[int]:
-    ids, images = build_prompt(tokenizer, prompt, image_token_id)
-    input_ids = torch.tensor([ids])
-    kwargs = {}
-    if images:
-        kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images])
-        kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
-        kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
-    with torch.no_grad():
-        out = model.generate(input_ids=input_ids, max_new_tokens=MAX_NEW,
-                             min_new_tokens=MAX_NEW, do_sample=False, **kwargs)  # fmt: skip
-    return out[0, len(ids) :].tolist()

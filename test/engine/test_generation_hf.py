@@ -5,14 +5,11 @@ prefill, and under forced preemption. Every run ends with all KV blocks free."""
 from __future__ import annotations
 
 import pytest
-import torch
-from hf_reference import make_hf_model, save_checkpoint
+from hf_reference import hf_greedy, make_hf_model, save_checkpoint
 from prompts import CONVERSATIONS, conversation_images
-from test_parity_hf import build_prompt
 
 from valora.llm import LLM
 from valora.sampling_params import SamplingParams
-from valora.tokenizer import Tokenizer
 
 MAX_NEW = 8
 GREEDY = SamplingParams(temperature=0, max_tokens=MAX_NEW, ignore_eos=True)
@@ -27,21 +24,7 @@ def checkpoint(tmp_path_factory):
 @pytest.fixture(scope="module")
 def hf_tokens(checkpoint) -> dict[str, list[int]]:
     hf, _ = checkpoint
-    tokenizer = Tokenizer.builtin()
-    expected = {}
-    for name in CONVERSATIONS:
-        ids, images = build_prompt(tokenizer, name, hf.config.image_token_id)
-        input_ids = torch.tensor([ids])
-        kwargs = {}
-        if images:
-            kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images])
-            kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
-            kwargs["mm_token_type_ids"] = (input_ids == hf.config.image_token_id).int()
-        with torch.no_grad():
-            out = hf.generate(input_ids=input_ids, max_new_tokens=MAX_NEW,
-                              min_new_tokens=MAX_NEW, do_sample=False, **kwargs)  # fmt: skip
-        expected[name] = out[0, len(ids) :].tolist()
-    return expected
+    return {name: hf_greedy(hf, name, MAX_NEW, hf.config.image_token_id) for name in CONVERSATIONS}
 
 
 def engine_prompts(llm: LLM) -> list[dict]:

@@ -89,3 +89,22 @@ def _flatten(config: dict) -> dict:
         k: v for k, v in config["vision_config"].items() if k != "rope_parameters"
     }
     return flat
+
+
+def hf_greedy(model, prompt_name: str, max_new: int, image_token_id: int) -> list[int]:
+    """Greedy tokens of transformers' (or PEFT's) ``generate`` for one shared test prompt."""
+    from test_parity_hf import build_prompt
+
+    from valora.tokenizer import Tokenizer
+
+    ids, images = build_prompt(Tokenizer.builtin(), prompt_name, image_token_id)
+    input_ids = torch.tensor([ids])
+    kwargs = {}
+    if images:
+        kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images])
+        kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
+        kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, max_new_tokens=max_new,
+                             min_new_tokens=max_new, do_sample=False, **kwargs)  # fmt: skip
+    return out[0, len(ids) :].tolist()

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hf_reference import make_hf_model, save_checkpoint
+from hf_reference import hf_greedy, make_hf_model, save_checkpoint
 from prompts import CONVERSATIONS, conversation_images
-from test_parity_hf import build_prompt
 
 from valora.llm import LLM
 from valora.quant.linear import QuantLinear
 from valora.sampling_params import SamplingParams
-from valora.tokenizer import Tokenizer
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 UNSTACK = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
@@ -34,20 +32,6 @@ def load_dequantized_into(hf, engine_model) -> None:
                     target.weight.copy_(weight[offsets[j] : offsets[j + 1]])
 
 
-def hf_greedy(hf, name: str) -> list[int]:
-    ids, images = build_prompt(Tokenizer.builtin(), name, hf.config.image_token_id)
-    input_ids = torch.tensor([ids])
-    kwargs = {}
-    if images:
-        kwargs["pixel_values"] = torch.cat([im.pixel_values for im in images])
-        kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
-        kwargs["mm_token_type_ids"] = (input_ids == hf.config.image_token_id).int()
-    with torch.no_grad():
-        out = hf.generate(input_ids=input_ids, max_new_tokens=6, min_new_tokens=6,
-                          do_sample=False, **kwargs)  # fmt: skip
-    return out[0, len(ids) :].tolist()
-
-
 @pytest.mark.parametrize("method", ["w4a16", "w8a16"])
 def test_quantized_engine_matches_transformers_on_dequantized_weights(tmp_path, method):
     hf = make_hf_model(tie_word_embeddings=False)
@@ -63,7 +47,7 @@ def test_quantized_engine_matches_transformers_on_dequantized_weights(tmp_path, 
                for n in CONVERSATIONS]  # fmt: skip
     outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     for name, out in zip(CONVERSATIONS, outs):
-        assert out.outputs[0].token_ids == hf_greedy(hf, name), name
+        assert out.outputs[0].token_ids == hf_greedy(hf, name, 6, hf.config.image_token_id), name
 
 
 def test_lora_on_a_quantized_base_runs_unmerged():
