@@ -161,7 +161,11 @@ class ModelConfig:
         config_file = Path(path) / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(f"no config.json in {path}")
-        return cls.from_hf_dict(json.loads(config_file.read_text()))
+        d = json.loads(config_file.read_text())
+        legacy = Path(path) / "quantize_config.json"  # older GPTQ checkpoints keep it apart
+        if "quantization_config" not in d and legacy.is_file():
+            d["quantization_config"] = json.loads(legacy.read_text())
+        return cls.from_hf_dict(d)
 
 
 def _eos_ids(eos: int | list[int] | None) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,14 @@ def load_model(
         return net
     if not Path(model).is_dir():
         raise ValueError(f"{model!r} is neither a model setting nor a checkpoint directory")
-    net = build_model(ModelConfig.from_path(model), dtype, device, attn_backend)
-    load_checkpoint(net, model)
+    cfg = ModelConfig.from_path(model)
+    net = build_model(cfg, dtype, device, attn_backend)
+    skip = None
+    if cfg.quantization_config is not None:  # GPTQ / AWQ: packed LM linears
+        from valora.quant.loader import install_quantized_linears
+
+        skip = install_quantized_linears(net, model, cfg.quantization_config)
+    load_checkpoint(net, model, skip)
     return net
 
 
@@ -134,9 +141,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     return files
 
 
-def load_checkpoint(model: Qwen2VLForConditionalGeneration, path: str | Path) -> None:
+def load_checkpoint(model: Qwen2VLForConditionalGeneration, path: str | Path,
+                    skip: Callable[[str], bool] | None = None) -> None:  # fmt: skip
     """Copy every tensor of the checkpoint into ``model``; any missing, unexpected or mis-shaped
-    tensor raises one ``ValueError`` that names each problem and the expected shape."""
+    tensor raises one ``ValueError`` that names each problem and the expected shape. ``skip``:
+    tensor names someone else loads (a quantized checkpoint's packed tensors)."""
     targets = checkpoint_targets(model)
     loaded: set[str] = set()
     problems: list[str] = []
@@ -145,6 +154,8 @@ def load_checkpoint(model: Qwen2VLForConditionalGeneration, path: str | Path) ->
             for raw_name in shard.keys():
                 name = canonical_name(raw_name)
                 if name.endswith(_IGNORED_SUFFIXES) or _is_tied_alias(model, name):
+                    continue
+                if skip is not None and skip(name):
                     continue
                 target = targets.get(name)
                 if target is None:

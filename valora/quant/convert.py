@@ -18,6 +18,9 @@ from valora.quant.reference import quantize_rtn
 
 LM_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 METHODS = {"w4a16": 4, "w8a16": 8}
+# our fused module -> the checkpoint projections it stacks, in slice order
+PIECES_OF = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
+             "gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}  # fmt: skip
 
 
 def lm_linears(model: nn.Module) -> Iterator[tuple[str, Linear]]:

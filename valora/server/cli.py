@@ -71,8 +71,6 @@ def build_server(args: argparse.Namespace):
     from valora.server.api_server import ServerConfig, build_app
     from valora.server.media import MediaPolicy
 
-    if args.quantization != "none":
-        raise SystemExit(f"--quantization {args.quantization} is not available in this build")
     model = args.model_setting if args.dummy or not args.model else args.model
     modules = lora_modules(args.lora_modules)
     llm = LLM(model, dtype=args.dtype, device=args.device, num_token=args.num_token,
@@ -84,7 +82,7 @@ def build_server(args: argparse.Namespace):
               enable_lora=args.enable_lora or bool(modules) or args.num_adapter > 0 or None,
               num_dummy_adapters=args.num_adapter, dummy_ranks=tuple(args.dummy_ranks),
               max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
-              lora_backend=args.lora_backend)  # fmt: skip
+              lora_backend=args.lora_backend, quantization=args.quantization)  # fmt: skip
     name = args.served_model_name or model
     media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
                         max_images_per_request=args.max_images_per_request)  # fmt: skip
