@@ -92,7 +92,10 @@ class LLMEngine:
         if lora is None:
             return None
         backend = lora.backend or self.policy.backend
-        return LoRAManager(self.model, lora, backend, self.policy.can_merge, self.config.dtype,
+        # merging into a quantized base would need a dense copy of the merged layers: not yet,
+        # so there every step runs unmerged (the policy's merge plans are not carried out)
+        can_merge = self.policy.can_merge and self.config.quantization == "none"
+        return LoRAManager(self.model, lora, backend, can_merge, self.config.dtype,
                            self.config.device)  # fmt: skip
 
     def _forward_strategy(self, kv_cache: KVCache):

@@ -56,3 +56,15 @@ def test_lora_on_a_quantized_base_runs_unmerged():
     outs = llm.generate(["a", "b", "c"], GREEDY, lora=["lora0", "lora1", None], use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 6 for o in outs)
     assert isinstance(llm.engine.model.model.layers[0].mlp.down_proj.base, QuantLinear)
+
+
+def test_merging_policies_on_a_quantized_base_run_unmerged_and_stay_exact():
+    """No dense copy to merge into yet: the merge plans are not carried out, and the tokens
+    equal the always-unmerged engine's."""
+    kwargs = dict(device="cpu", quantization="w4a16", num_dummy_adapters=2, lora_backend="torch")
+    prompts, lora = ["a", "b", "c", "d"], ["lora0", "lora0", "lora0", "lora1"]
+    plain = LLM("tiny", **kwargs).generate(prompts, GREEDY, lora=lora, use_tqdm=False)
+    merging = LLM("tiny", scheduler="valora", policy_options={"force_mode": "mixture"}, **kwargs)
+    outs = merging.generate(prompts, GREEDY, lora=lora, use_tqdm=False)
+    assert merging.engine.lora.merger is None and merging.engine.lora.num_switches == 0
+    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in plain]
