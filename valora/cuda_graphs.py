@@ -141,11 +141,11 @@ class DecodeGraphs:
             corr[:num] = [-1 if s == m else m for s in batch.seq_slots]
             self.corr_slots[:size].copy_(torch.from_numpy(corr), non_blocking=True)
 
-    def replay(self, batch: StepBatch) -> torch.Tensor:
-        """Logits [B, V] of a decode batch (a view into the graph's output buffer)."""
+    def replay(self, batch: StepBatch, variant: str) -> torch.Tensor:
+        """Logits [B, V] of a decode batch (a view into the graph's output buffer); ``variant``
+        is ``self.variant(batch)``, computed once by the caller."""
         num = batch.num_seqs
         size = next(s for s in self.sizes if s >= num)
-        variant = self.variant(batch)
         self._copy_lora_slots(batch, variant, size)
         width = batch.block_tables.shape[1]
         slots = np.full(size, self.pad_slot, dtype=np.int64)
@@ -175,7 +175,8 @@ class GraphForward:
             batch.is_decode
             and batch.num_seqs <= self.graphs.max_batch_size
             and batch.block_tables.shape[1] <= self.graphs.max_blocks_per_seq
-            and self.graphs.variant(batch) in self.graphs.variants
         ):
-            return self.graphs.replay(batch)
+            variant = self.graphs.variant(batch)
+            if variant in self.graphs.variants:
+                return self.graphs.replay(batch, variant)
         return self.eager(batch)

@@ -29,7 +29,7 @@ from valora.layers.norm import RMSNorm
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
 # our stacked module -> the checkpoint modules it stacks, in slice order
-_UNSTACK = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
+UNSTACK = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
 _LAYOUT_PREFIXES = (("model.language_model.", "model."), ("model.visual.", "visual."))
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 DUMMY_INIT_STD = 0.02
@@ -101,11 +101,11 @@ def checkpoint_targets(model: nn.Module) -> dict[str, _Target]:
     for name, param in model.named_parameters():
         module_path, leaf = name.rsplit(".", 1)
         parent, _, module_name = module_path.rpartition(".")
-        if module_name not in _UNSTACK:
+        if module_name not in UNSTACK:
             targets[name] = _Target(param, 0, param.shape[0])
             continue
         offsets = model.get_submodule(module_path).output_offsets
-        for i, piece in enumerate(_UNSTACK[module_name]):
+        for i, piece in enumerate(UNSTACK[module_name]):
             targets[f"{parent}.{piece}.{leaf}"] = _Target(param, offsets[i], offsets[i + 1])
     return targets
 

@@ -103,7 +103,7 @@ def test_graph_forward_replays_only_batches_where_every_row_samples():
         def variant(self, batch):
             return "none"
 
-        def replay(self, batch):
+        def replay(self, batch, variant):
             calls.append("graph")
 
     forward = GraphForward(FakeGraphs(), lambda batch: calls.append("eager"))

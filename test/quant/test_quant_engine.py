@@ -9,27 +9,23 @@ from hf_reference import hf_greedy, make_hf_model, save_checkpoint
 from prompts import CONVERSATIONS, conversation_images
 
 from valora.llm import LLM
+from valora.quant.convert import PIECES_OF, lm_linears
 from valora.quant.linear import QuantLinear
 from valora.sampling_params import SamplingParams
 
 GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
-UNSTACK = {"self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-           "self_attn.o_proj": ("self_attn.o_proj",),
-           "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj"),
-           "mlp.down_proj": ("mlp.down_proj",)}  # fmt: skip
 
 
 def load_dequantized_into(hf, engine_model) -> None:
     """Copy our quantized LM linears, dequantized, into transformers' model."""
     with torch.no_grad():
-        for i in range(len(engine_model.model.layers)):
-            for ours, theirs in UNSTACK.items():
-                module = engine_model.get_submodule(f"model.layers.{i}.{ours}")
-                assert isinstance(module, QuantLinear)
-                weight, offsets = module.weight.float(), module.output_offsets
-                for j, name in enumerate(theirs):
-                    target = hf.get_submodule(f"model.language_model.layers.{i}.{name}")
-                    target.weight.copy_(weight[offsets[j] : offsets[j + 1]])
+        for path, module in lm_linears(engine_model):
+            assert isinstance(module, QuantLinear)
+            parent, _, fused = path.rpartition(".")
+            weight, offsets = module.weight.float(), module.output_offsets
+            for j, piece in enumerate(PIECES_OF[fused]):
+                target = hf.get_submodule(f"model.language_model.{parent[6:]}.{piece}")
+                target.weight.copy_(weight[offsets[j] : offsets[j + 1]])
 
 
 @pytest.mark.parametrize("method", ["w4a16", "w8a16"])

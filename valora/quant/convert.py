@@ -15,12 +15,12 @@ from torch import nn
 from valora.layers.linear import Linear
 from valora.quant.linear import QuantLinear
 from valora.quant.reference import quantize_rtn
+from valora.weights import UNSTACK
 
 LM_LINEARS = ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
 METHODS = {"w4a16": 4, "w8a16": 8}
-# our fused module -> the checkpoint projections it stacks, in slice order
-PIECES_OF = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
-             "gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}  # fmt: skip
+# each LM linear (module name) -> the checkpoint projections it stacks, in slice order
+PIECES_OF = {m: UNSTACK.get(m, (m,)) for m in (n.rpartition(".")[2] for n in LM_LINEARS)}
 
 
 def lm_linears(model: nn.Module) -> Iterator[tuple[str, Linear]]:
