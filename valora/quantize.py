@@ -1,14 +1,26 @@
 """``python -m valora.quantize``: quantize the language model's linears and write a standard GPTQ
-(or AWQ GEMM) checkpoint that ``LLM(path)`` loads.
+or AWQ GEMM checkpoint that ``LLM(path)`` loads.
 
     python -m valora.quantize --model tiny --method gptq --bits 4 --group-size 128 \\
         --calib builtin --out /tmp/tiny-gptq
+    python -m valora.quantize --model tiny --method awq --group-size 128 --out /tmp/tiny-awq
 
-Methods: ``rtn`` (round to nearest per group) and ``gptq`` (Hessian-guided error feedback over
-calibration activations; the Hessians of all layers come from one pass of the unquantized model,
-not layer by layer). ``awq`` is not available yet. Calibration: ``builtin`` (a few short chat
-prompts) or a text file (one sample per line). A progress bar per layer and a per-layer error
-report (relative Frobenius error of the dequantized weight) are printed and saved.
+Methods (a GPTQ checkpoint for ``rtn`` and ``gptq``, an AWQ GEMM one for ``awq``):
+
+* ``rtn``: round to nearest per group, 4 or 8 bits, ``--sym`` or with zero points.
+* ``gptq``: Hessian-guided error feedback over calibration activations (``--act-order``: GPTQ's
+  desc_act); the Hessians of all layers come from one pass of the unquantized model, not layer
+  by layer.
+* ``awq``: activation-aware per-channel scales searched against the calibration activations
+  and folded into the RMSNorm weights / up rows before round to nearest
+  (``valora.quant.awq``); 4-bit with zero points only, as the AWQ GEMM format is, so ``--bits 8``,
+  ``--sym`` and ``--act-order`` are refused. Statistics come from one pass of the unquantized
+  model too. The chosen alpha of every scaled linear is saved in the report.
+
+Calibration (gptq, awq): ``builtin`` (a few short chat prompts) or a text file (one sample per
+line). A progress bar per layer and a per-layer error report (relative Frobenius error of the
+dequantized weight; for awq of the effective weight dequant / s) are printed and saved in
+``quantization_report.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +36,8 @@ from tqdm import tqdm
 
 import exp_suite
 from valora.config import is_model_setting
-from valora.layers.attention import AttentionMetadata
+from valora.quant.awq import awq_quantize_model
+from valora.quant.calibration import collect_input_stats, load_samples
 from valora.quant.convert import PIECES_OF, lm_linears
 from valora.quant.formats import to_awq, to_gptq
 from valora.quant.gptq import gptq_quantize
@@ -32,43 +45,9 @@ from valora.quant.reference import dequantize, quantize_rtn
 from valora.tokenizer import Tokenizer
 from valora.weights import checkpoint_tensors, load_model
 
-BUILTIN_CALIB = [
-    "Describe the weather in a large city during a rainy afternoon.",
-    "Explain how a compiler turns source code into machine instructions.",
-    "List three ways to reduce memory use in a neural network server.",
-    "Write a short story about a robot who learns to paint.",
-    "What are the main differences between cats and dogs as pets?",
-    "Summarize the rules of chess for a beginner.",
-]
-
-
-def calibration_hessians(
-    model, tokenizer: Tokenizer, samples: list[str]
-) -> dict[str, torch.Tensor]:
-    """sum x x^T of every LM linear's inputs over the calibration tokens (one forward pass)."""
-    hessians: dict[str, torch.Tensor] = {}
-    hooks = []
-    for path, module in lm_linears(model):
-
-        def hook(mod, args, path=path):
-            x = args[0].reshape(-1, args[0].shape[-1]).float()
-            hessians[path] = hessians.get(path, 0) + x.t() @ x
-
-        hooks.append(module.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        for text in samples:
-            ids = tokenizer.encode(tokenizer.apply_chat_template([{"role": "user",
-                                                                  "content": text}]))  # fmt: skip
-            t = len(ids)
-            positions = torch.arange(t).expand(3, t)
-            model(torch.tensor(ids), positions, AttentionMetadata.for_lengths([t]))
-    for h in hooks:
-        h.remove()
-    return hessians
-
 
 def quantize_weights(model, method, bits, group_size, sym, act_order, hessians) -> tuple:
-    """-> ({module path: QuantizedWeight}, {module path: relative error})."""
+    """rtn / gptq -> ({module path: QuantizedWeight}, {module path: relative error})."""
     quantized, errors = {}, {}
     for path, module in tqdm(list(lm_linears(model)), desc=f"{method} {bits}-bit", unit="layer"):
         weight = module.weight.detach().float().cpu()
@@ -96,7 +75,7 @@ def packed_tensors(quantized: dict, model, fmt: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="checkpoint directory or model setting")
     p.add_argument("--method", choices=["rtn", "gptq", "awq"], default="gptq")
@@ -108,40 +87,80 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     if args.method == "awq":
-        raise SystemExit("--method awq is not available yet: use rtn or gptq")
+        _check_awq_args(args)
+    return args
+
+
+def _check_awq_args(args: argparse.Namespace) -> None:
+    """AWQ GEMM checkpoints are 4-bit, asymmetric (zero points), without act-order."""
+    if args.bits != 4:
+        raise SystemExit(f"--method awq writes AWQ GEMM checkpoints, which are 4-bit only "
+                         f"(got --bits {args.bits}): use --method gptq for 8 bits")  # fmt: skip
+    if args.act_order:
+        raise SystemExit("--act-order is GPTQ's desc_act; AWQ has no act-order: drop it")
+    if args.sym:
+        raise SystemExit("--sym: AWQ GEMM checkpoints always carry zero points: drop it")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     model = load_model(args.model, torch.float32, "cpu")
     tokenizer = Tokenizer.load(None if is_model_setting(args.model) else args.model)
-    hessians = None
-    if args.method == "gptq":
-        samples = BUILTIN_CALIB if args.calib == "builtin" else [
-            line for line in Path(args.calib).read_text().splitlines() if line.strip()]  # fmt: skip
-        hessians = calibration_hessians(model, tokenizer, samples)
-    quantized, errors = quantize_weights(model, args.method, args.bits, args.group_size,
-                                         args.sym, args.act_order, hessians)  # fmt: skip
-    write_checkpoint(model, args, quantized, errors)
+    alphas, stats = None, None
+    if args.method in ("gptq", "awq"):
+        stats = collect_input_stats(model, tokenizer, load_samples(args.calib))
+    if args.method == "awq":
+        result = awq_quantize_model(model, stats, args.bits, args.group_size)  # folds ``model``
+        quantized, errors, alphas = result.quantized, result.errors, result.alphas
+    else:
+        hessians = None if stats is None else stats.hessians
+        quantized, errors = quantize_weights(model, args.method, args.bits, args.group_size,
+                                             args.sym, args.act_order, hessians)  # fmt: skip
+    write_checkpoint(model, args, quantized, errors, alphas)
 
 
-def write_checkpoint(model, args, quantized: dict, errors: dict) -> None:
+def quantization_config(args: argparse.Namespace) -> dict:
+    """config.json's ``quantization_config``, as AutoGPTQ / AutoAWQ write it."""
+    if args.method == "awq":
+        return {
+            "quant_method": "awq", "version": "gemm", "zero_point": True,
+            "bits": args.bits, "group_size": args.group_size,
+            "w_bit": args.bits, "q_group_size": args.group_size, "modules_to_not_convert": None,
+        }  # fmt: skip
+    return {
+        "quant_method": "gptq", "bits": args.bits, "group_size": args.group_size,
+        "sym": args.sym, "desc_act": args.act_order, "checkpoint_format": "gptq",
+    }  # fmt: skip
+
+
+def write_checkpoint(model, args, quantized: dict, errors: dict,
+                     alphas: dict | None = None) -> None:  # fmt: skip
+    """``model``'s dense tensors (for awq: with the folded norms) and the packed ``quantized``
+    ones (GPTQ, or AWQ GEMM for awq), config.json, the tokenizer files and the error report."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dense = {name: t.contiguous() for name, t in checkpoint_tensors(model).items()
              if not _is_packed_weight(name, quantized)}  # fmt: skip
-    tensors = {**dense, **packed_tensors(quantized, model, "gptq")}
+    fmt = "awq" if args.method == "awq" else "gptq"
+    tensors = {**dense, **packed_tensors(quantized, model, fmt)}
     # own storage per tensor: safetensors refuses views (q/k/v rows, a shared g_idx)
     save_file({k: v.clone() for k, v in tensors.items()}, str(out / "model.safetensors"))
     config = dict(exp_suite.MODEL_SETTINGS[args.model]) if is_model_setting(args.model) else (
         json.loads((Path(args.model) / "config.json").read_text()))  # fmt: skip
-    config["quantization_config"] = {
-        "quant_method": "gptq", "bits": args.bits, "group_size": args.group_size,
-        "sym": args.sym, "desc_act": args.act_order, "checkpoint_format": "gptq",
-    }  # fmt: skip
+    config["quantization_config"] = quantization_config(args)
     (out / "config.json").write_text(json.dumps(json.loads(json.dumps(config)), indent=1))
     if not is_model_setting(args.model):
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
             if (Path(args.model) / name).is_file():
                 shutil.copy(Path(args.model) / name, out / name)
+    write_report(out, args, errors, alphas)
+
+
+def write_report(out: Path, args, errors: dict, alphas: dict | None) -> None:
     report = {"method": args.method, "bits": args.bits, "group_size": args.group_size,
               "relative_error": errors}  # fmt: skip
+    if alphas is not None:
+        report["alpha"] = alphas  # None: the linear is in no scale group (plain RTN)
     (out / "quantization_report.json").write_text(json.dumps(report, indent=1))
     worst = max(errors, key=errors.get)
     print(

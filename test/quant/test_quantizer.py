@@ -15,11 +15,12 @@ from test_quant_engine import load_dequantized_into
 
 import exp_suite
 from valora.llm import LLM
+from valora.quant.calibration import BUILTIN_CALIB, collect_input_stats
 from valora.quant.formats import to_awq
 from valora.quant.gptq import gptq_quantize
 from valora.quant.linear import QuantLinear
 from valora.quant.reference import dequantize, quantize_rtn
-from valora.quantize import BUILTIN_CALIB, calibration_hessians, main, quantize_weights
+from valora.quantize import main, quantize_weights
 from valora.sampling_params import SamplingParams
 from valora.tokenizer import Tokenizer
 from valora.weights import checkpoint_tensors, load_model
@@ -41,7 +42,7 @@ def test_quantizer_output_loads_and_dequantizes_to_what_it_quantized(tmp_path, m
     report = json.loads((out / "quantization_report.json").read_text())
     assert len(report["relative_error"]) == 8 and max(report["relative_error"].values()) < 0.3
     model = load_model("tiny", torch.float32, "cpu")
-    hessians = calibration_hessians(model, Tokenizer.builtin(), BUILTIN_CALIB)
+    hessians = collect_input_stats(model, Tokenizer.builtin(), BUILTIN_CALIB).hessians
     expected, _ = quantize_weights(model, method, bits, 32, False, act_order, hessians)
     loaded = quantized_modules(LLM(str(out), device="cpu"))
     assert set(loaded) == set(expected)
@@ -93,13 +94,23 @@ def test_loaded_gptq_checkpoint_generates_like_transformers(tmp_path):
     main(["--model", "tiny", "--method", "gptq", "--group-size", "32", "--out", str(tmp_path)])
     llm = LLM(str(tmp_path), device="cpu")
     hf = make_hf_model(tie_word_embeddings=False)
-    with torch.no_grad():  # the same dense weights as the dummy tiny model, then dequantized
-        dense = load_model("tiny", torch.float32, "cpu")
-        for name, tensor in checkpoint_tensors(dense).items():
+    # the same dense weights as the dummy tiny model, then dequantized
+    copy_into_hf(hf, checkpoint_tensors(load_model("tiny", torch.float32, "cpu")))
+    load_dequantized_into(hf, llm.engine.model)
+    assert_generates_like_transformers(llm, hf)
+
+
+def copy_into_hf(hf, tensors: dict[str, torch.Tensor]) -> None:
+    """Tensors under our checkpoint names -> transformers' parameters of the same tensors."""
+    with torch.no_grad():
+        for name, tensor in tensors.items():
             hf_name = "model.language_model." + name[6:] if name.startswith("model.") else (
                 "model." + name if name.startswith("visual.") else name)  # fmt: skip
             hf.get_parameter(hf_name).copy_(tensor)
-    load_dequantized_into(hf, llm.engine.model)
+
+
+def assert_generates_like_transformers(llm: LLM, hf) -> None:
+    """Six greedy tokens of a short chat prompt: our engine's equal transformers'."""
     params = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
     prompt = llm.tokenizer.apply_chat_template([{"role": "user", "content": "Hello there"}])
     ours = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
