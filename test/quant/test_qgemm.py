@@ -41,14 +41,37 @@ CPU_CASES = [  # m, n, k, bits, group_size, act_order
 ]  # fmt: skip
 
 
+def cpu_config(kernel: str, split_k: int, unpack: str) -> dict:
+    return {"kernel": kernel, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": split_k,
+            "UNPACK": unpack, "num_warps": 4, "num_stages": 1}  # fmt: skip
+
+
 @pytest.mark.parametrize("m, n, k, bits, group_size, act_order", CPU_CASES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_qgemm_cpu_interpreter(m, n, k, bits, group_size, act_order, dtype):
+@pytest.mark.parametrize("unpack", ["planes", "reshape"])
+def test_qgemm_cpu_interpreter(m, n, k, bits, group_size, act_order, dtype, unpack):
     if torch.cuda.is_available():
         pytest.skip("the GPU variant covers it")
-    config = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": 2 if m < 4 else 1,
-              "num_warps": 4, "num_stages": 1}  # fmt: skip
-    check(m, n, k, bits, group_size, act_order, dtype, "cpu", config)
+    kernel = "gemv" if m == 1 else "dot"
+    check(m, n, k, bits, group_size, act_order, dtype, "cpu", cpu_config(kernel, 3, unpack))
+    check(m, n, k, bits, group_size, act_order, dtype, "cpu", cpu_config(kernel, 1, unpack))
+
+
+def test_split_k_counters_are_reset():
+    """The last split of each tile resets its counter: calls in a row stay correct."""
+    if torch.cuda.is_available():
+        pytest.skip("the GPU variant covers it")
+    from valora.quant.triton_gemm import _COUNTERS
+
+    for _ in range(2):
+        check(2, 64, 256, 4, 128, False, torch.float32, "cpu", cpu_config("dot", 4, "planes"))
+        assert all(int(c.abs().sum()) == 0 for c in _COUNTERS.values())
+
+
+def test_gemv_config_refuses_several_rows():
+    w = make_weight(32, 64, 4, 32, False, "cpu", seed=0)
+    with pytest.raises(ValueError, match="one row"):
+        quant_matmul(torch.randn(2, 64), w, cpu_config("gemv", 1, "planes"))
 
 
 @pytest.mark.gpu
@@ -73,3 +96,16 @@ def test_dequantize_kernel_matches_reference(bits, group_size, act_order):
     w = make_weight(96, 256, bits, group_size, act_order, device, seed=bits)
     got = dequantize_kn(w, torch.float32)
     assert torch.allclose(got, dequantize(w, torch.float32).t(), atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_tuned_table_entries_are_correct():
+    """Every entry of this GPU's shipped table (the configs the engine runs) on its own shape."""
+    from valora.quant.tuning import _table
+
+    table = _table(torch.cuda.get_device_name(), torch.bfloat16)
+    if not table:
+        pytest.skip("no tuned table for this GPU")
+    for key, config in table.items():
+        bits, n, k, m = (int(part[1:]) for part in key.split("|"))
+        check(m, n, k, bits, 128, False, torch.bfloat16, "cuda", config)

@@ -1,9 +1,8 @@
 """``QuantLinear``: a ``Linear`` whose weight is held quantized (W4A16 / W8A16).
 
-The matmul strategy is chosen once, by device: on CUDA the Triton kernel dequantizes inside the
-GEMM for M below ``dequant_threshold`` rows, and above it the weight is dequantized to the
-activation dtype and multiplied by cuBLAS (at large M the GEMM is compute-bound and cuBLAS
-wins; the threshold comes from ``benchmarks/bench_quant.py``); on the CPU the torch reference
+The matmul strategy is chosen once, by device: on CUDA ``quant_matmul`` runs the strategy the
+tuned table (``valora.quant.tuning``) holds for the call's shape bucket (in-kernel dequantization
+for small M, dequantize + cuBLAS where that measured faster); on the CPU the torch reference
 dequantizes and multiplies (tests, the demo).
 """
 
@@ -18,8 +17,6 @@ from torch import nn
 
 from valora.quant.reference import dequantize
 from valora.quant.types import QuantizedWeight
-
-DEQUANT_THRESHOLD = 256  # rows (tokens) from which dequantize + cuBLAS is used on the GPU
 
 
 class QuantLinear(nn.Module):
@@ -37,7 +34,6 @@ class QuantLinear(nn.Module):
             raise ValueError(f"slices {self.output_sizes} do not add up to N={weight.out_features}")
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.dtype = dtype
-        self.dequant_threshold = DEQUANT_THRESHOLD
         self._cuda = weight.qweight.is_cuda
 
     @property
@@ -51,16 +47,10 @@ class QuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if self._cuda and x2.shape[0] < self.dequant_threshold:
+        if self._cuda:
             from valora.quant.triton_gemm import quant_matmul
 
             y = quant_matmul(x2, self.quantized)
-            if self.bias is not None:
-                y += self.bias
-        elif self._cuda:  # large M: compute-bound, cuBLAS on the dequantized weight
-            from valora.quant.triton_gemm import dequantize_kn
-
-            y = x2 @ dequantize_kn(self.quantized, x2.dtype)
             if self.bias is not None:
                 y += self.bias
         else:

@@ -1,0 +1,142 @@
+"""Offline tuning of the quantized GEMM: ``python -m valora.quant.tune``.
+
+For every LM linear shape of the chosen model settings, every bits and every M bucket
+(``valora.quant.tuning``) it times each candidate (gemv / dot tiles, and dequantize + cuBLAS)
+on the current GPU from CUDA-graph replays with the L2 flushed, checks each candidate's output
+against dequantize + matmul (a wrong one is dropped), keeps the fastest and writes
+``valora/quant/configs/<gpu>__<dtype>.json``. Entries already in the table are kept unless
+``--retune``; ``--budget-s`` stops early and saves what was measured.
+
+    python -m valora.quant.tune --models qwen2-vl-7b --bits 4 8 --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+
+import torch
+import triton
+
+from valora.quant.reference import quantize_rtn
+from valora.quant.triton_gemm import dequantize_kn, quant_matmul
+from valora.quant.tuning import M_BUCKETS, bucket_key, quant_table_path
+
+MODEL_SHAPES = {  # (N, K) of qkv, o, gate|up, down
+    "qwen2-vl-7b": [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)],
+    "qwen2-vl-2b": [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)],
+}
+SPLITS = (1, 2, 4, 8)
+
+
+def candidates(m: int) -> list[dict]:
+    """BLOCK_K 128 keeps a tile inside one group of 128 (one scale row per tile); planes need
+    BLOCK_K // pack >= 16 (the dot depth)."""
+    if m == 1:  # (BLOCK_N, BLOCK_K, warps)
+        tiles = [(64, 128, 4), (128, 128, 4), (256, 128, 8), (128, 128, 8), (64, 256, 4)]
+        return [{"kernel": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk,
+                 "UNPACK": "planes", "num_warps": w, "num_stages": st}
+                for (bn, bk, w), sk, st in itertools.product(tiles, SPLITS, (3, 4))]  # fmt: skip
+    if m <= 64:
+        bm = max(16, min(64, m))
+        tiles = [("planes", 64, 128), ("planes", 128, 128), ("reshape", 64, 128),
+                 ("reshape", 128, 64)]  # fmt: skip
+        return [{"kernel": "dot", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk,
+                 "UNPACK": un, "num_warps": 4, "num_stages": 3}
+                for (un, bn, bk), sk in itertools.product(tiles, SPLITS)]  # fmt: skip
+    tiles = [("planes", 128, 128, 128, 8), ("planes", 128, 256, 128, 8),
+             ("planes", 256, 128, 128, 8), ("planes", 64, 128, 128, 4),
+             ("reshape", 128, 128, 64, 8)]  # fmt: skip
+    return [{"kernel": "dequant"}] + [
+        {"kernel": "dot", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1,
+         "UNPACK": un, "num_warps": w, "num_stages": 3}
+        for un, bm, bn, bk, w in tiles
+    ]  # fmt: skip
+
+
+_FLUSH: torch.Tensor | None = None
+
+
+def time_us(fn, reps: int = 15) -> float:
+    """Median GPU time of one call: a CUDA graph of it, replayed with the L2 flushed before."""
+    global _FLUSH
+    if _FLUSH is None:
+        _FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # > the L2 cache
+    fn()  # compile and allocate outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    times = []
+    for _ in range(reps):
+        _FLUSH.zero_()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    return statistics.median(times)
+
+
+def tune_bucket(n: int, k: int, bits: int, m: int, dtype: torch.dtype) -> tuple[dict, float]:
+    """The fastest correct candidate for M = m rows (RTN weights, group size 128)."""
+    w = quantize_rtn(torch.randn(n, k, device="cuda") / k**0.5, bits, 128, sym=False)
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    want = (x @ dequantize_kn(w, dtype)).float()
+    best, best_us = None, float("inf")
+    for config in candidates(m):
+        try:
+            got = quant_matmul(x, w, config).float()
+            if (got - want).abs().max() > 2e-2 * want.abs().max():
+                print(f"  dropped (wrong output): {config}", flush=True)
+                continue
+            us = time_us(lambda: quant_matmul(x, w, config))  # noqa: B023
+        except (triton.runtime.errors.OutOfResources, RuntimeError) as e:
+            print(f"  skipped {config}: {type(e).__name__}", flush=True)
+            torch.cuda.synchronize()
+            continue
+        if us < best_us:
+            best, best_us = config, us
+    return best, best_us
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["qwen2-vl-7b"])
+    parser.add_argument("--bits", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--m-buckets", type=int, nargs="+", default=list(M_BUCKETS))
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16"])
+    parser.add_argument("--budget-s", type=float, default=float("inf"))
+    parser.add_argument("--retune", action="store_true")
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    gpu = torch.cuda.get_device_name()
+    path = quant_table_path(gpu, dtype)
+    table = json.loads(path.read_text())["configs"] if path.exists() else {}
+    deadline = time.monotonic() + args.budget_s
+    jobs = itertools.product(args.bits, {s for m in args.models for s in MODEL_SHAPES[m]},
+                             args.m_buckets)  # fmt: skip
+    for bits, (n, k), m in sorted(jobs):
+        key = bucket_key(bits, n, k, m)
+        if key in table and not args.retune:
+            continue
+        if time.monotonic() > deadline:
+            print("budget reached; run again to continue", flush=True)
+            break
+        config, us = tune_bucket(n, k, bits, m, dtype)
+        if config is not None:
+            table[key] = config | {"us": round(us, 2)}
+            print(f"{key}: {config} {us:.1f} us", flush=True)
+    path.parent.mkdir(exist_ok=True)
+    record = {"gpu": gpu, "dtype": args.dtype, "torch": torch.__version__,
+              "triton": triton.__version__, "configs": dict(sorted(table.items()))}  # fmt: skip
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {len(table)} buckets to {path}")
+
+
+if __name__ == "__main__":
+    main()
