@@ -17,10 +17,16 @@ stays outside. Decode attention splits depend on the batch size only
 With LoRA, each size is captured once per variant the policy can produce: "none" (no adapter
 rows, or every row the merged adapter's), "unmerged" (each row's own adapter: one segment per
 row, slots in a static buffer) and "mixture" (own adapters plus the merged adapter's
-correction). A step replays the variant its rows need.
+correction). A step replays the variant its rows need. On a quantized base, merged weights live
+in dense overlays the layers switch to (``valora.adapters.merge``), so a step whose rows all
+belong to the merged adapter needs its own variant, "merged", and "merged" / "mixture" are
+captured with the overlays switched on (``merged_weights``).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import torch
@@ -55,10 +61,15 @@ class DecodeGraphs:
         max_model_len: int,
         runtime=None,
         variants: tuple[str, ...] = ("none",),
+        merged_weights: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
         self.model = model
         self.runtime = runtime  # valora.layers.lora.LoRARuntime, or None (no LoRA)
-        self.variants = variants  # LoRA variants captured: "none", "unmerged", "mixture"
+        # LoRA variants captured: "none", "unmerged", "mixture", and "merged" (overlays only)
+        self.variants = variants
+        # entered to capture "merged" / "mixture": the layers computing on merged overlays;
+        # None: merged weights are written in place (nothing to switch)
+        self.merged_weights = merged_weights
         self.sizes = capture_sizes(max_batch_size)
         self.pad_slot = kv_cache.scratch_slot
         width = -(-max_model_len // kv_cache.block_size)
@@ -90,11 +101,13 @@ class DecodeGraphs:
         jobs = [(v, s) for s in sorted(self.sizes, reverse=True) for v in self.variants]
         for variant, size in tqdm(jobs, desc="capturing decode graphs"):
             self._set_lora_segments(variant, size)
-            self._forward(size)  # warm-up: compiles the kernels outside the capture
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.logits[(variant, size)] = self._forward(size)
+            merged = variant in ("merged", "mixture") and self.merged_weights is not None
+            with self.merged_weights() if merged else nullcontext():
+                self._forward(size)  # warm-up: compiles the kernels outside the capture
+                torch.cuda.synchronize()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.logits[(variant, size)] = self._forward(size)
             pool = graph.pool()
             self.graphs[(variant, size)] = graph
         if self.runtime is not None:
@@ -105,7 +118,8 @@ class DecodeGraphs:
         if self.runtime is None:
             return
         indptr = self.seg_indptr[: size + 1]
-        own = LoRASegments(indptr, self.own_slots[:size], 1) if variant != "none" else None
+        lora_rows = variant in ("unmerged", "mixture")
+        own = LoRASegments(indptr, self.own_slots[:size], 1) if lora_rows else None
         corr = LoRASegments(indptr, self.corr_slots[:size], 1) if variant == "mixture" else None
         self.runtime.set_segments("language", own, corr)
 
@@ -127,10 +141,12 @@ class DecodeGraphs:
         if batch.seq_slots is None:
             return "none"
         mode = lora_mode(batch.seq_slots, batch.merged_slot)
-        return "none" if mode == "merged" else mode
+        if mode == "merged":  # merged in place: the base graph computes it
+            return "merged" if "merged" in self.variants else "none"
+        return mode
 
     def _copy_lora_slots(self, batch: StepBatch, variant: str, size: int) -> None:
-        if variant == "none":
+        if variant in ("none", "merged"):
             return
         m, num = batch.merged_slot, batch.num_seqs
         own = np.full(size, -1, dtype=np.int32)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from valora.adapters.manager import LoRAConfig, LoRAManager
+from valora.adapters.manager import LoRAConfig, LoRAManager, lora_targets
+from valora.adapters.merge import overlay_bytes
 from valora.block_manager import BlockManager
 from valora.config import ModelConfig, is_model_setting
 from valora.cuda_graphs import DecodeGraphs, GraphForward, capture_sizes
@@ -45,7 +46,15 @@ class EngineConfig:
     enforce_eager: bool = False  # True: no CUDA graphs for decode steps
     lora: LoRAConfig | None = None  # None: no LoRA (no pool, no LoRA layers)
     quantization: str = "none"  # "w4a16" | "w8a16": the language model's linears quantized
+    # merged mode on a quantized base (dense overlays of the LoRA targets, valora.adapters.merge):
+    # "auto" where they take at most half the memory left for the KV cache, "on" (an error
+    # if they do not fit), "off"
+    quant_merge: str = "auto"
     policy_options: tuple[tuple[str, object], ...] = ()  # keyword options of the policy
+
+    def __post_init__(self) -> None:
+        if self.quant_merge not in ("auto", "on", "off"):
+            raise ValueError(f"quant_merge must be auto, on or off, got {self.quant_merge!r}")
 
 
 class LLMEngine:
@@ -57,6 +66,7 @@ class LLMEngine:
         is_dir = not is_model_setting(config.model)
         self.tokenizer = Tokenizer.load(config.model if is_dir else None)
         self.policy = make_policy(config.scheduler.policy, **dict(config.policy_options))
+        self.can_merge = False  # set by _lora_manager
         self.lora = self._lora_manager()  # before the KV cache: it takes GPU memory
         num_blocks = self._num_kv_blocks()
         cfg = self.model_config
@@ -70,7 +80,9 @@ class LLMEngine:
         sched_cfg = dataclasses.replace(config.scheduler, max_model_len=max_len)
         self.scheduler = Scheduler(sched_cfg, self.block_manager, self.policy,
                                    self.lora or OpenGate())  # fmt: skip
-        self.policy.bind(num_blocks * config.block_size)
+        overlays = self.lora is not None and self.lora.merger is not None and (
+            self.lora.merger.has_overlays)  # fmt: skip
+        self.policy.bind(num_blocks * config.block_size, overlay_merges=overlays)
         self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache),
                                   lora=self.lora)  # fmt: skip
         self.outputs = OutputProcessor(self.tokenizer, max_len)
@@ -92,11 +104,32 @@ class LLMEngine:
         if lora is None:
             return None
         backend = lora.backend or self.policy.backend
-        # merging into a quantized base would need a dense copy of the merged layers: not yet,
-        # so there every step runs unmerged (the policy's merge plans are not carried out)
-        can_merge = self.policy.can_merge and self.config.quantization == "none"
-        return LoRAManager(self.model, lora, backend, can_merge, self.config.dtype,
+        self.can_merge = self.policy.can_merge and self._overlays_fit(lora)
+        return LoRAManager(self.model, lora, backend, self.can_merge, self.config.dtype,
                            self.config.device)  # fmt: skip
+
+    def _overlays_fit(self, lora: LoRAConfig) -> bool:
+        """Whether merged mode gets its memory: free on a dense base (the pristine copies are
+        the policy's cost); on a quantized base the dense overlays must fit (``quant_merge``).
+        Without them every step runs unmerged: the policy's merge plans are not carried out."""
+        mode = self.config.quant_merge
+        if self.config.quantization == "none":
+            return True
+        if mode == "off":
+            return False
+        need = overlay_bytes(self.model, lora_targets(self.model.cfg, lora))
+        if not self.config.device.startswith("cuda"):
+            return True
+        usable = self._usable_bytes()
+        if self.config.num_token is not None:
+            usable -= self.config.num_token * self._kv_bytes_per_token()
+            fits = need <= usable
+        else:
+            fits = need <= usable / 2
+        if mode == "on" and not fits:
+            raise ValueError(f"quant_merge='on': the merge overlays need {need / 2**30:.1f} GiB, "
+                             f"{max(usable, 0) / 2**30:.1f} GiB is left")  # fmt: skip
+        return fits
 
     def _forward_strategy(self, kv_cache: KVCache):
         """Captured decode graphs on CUDA (unless enforce_eager, or the attention backend reads
@@ -109,14 +142,23 @@ class LLMEngine:
             graph_safe = graph_safe and runtime.backend.graph_safe and runtime.static_prepare
         if not self.config.device.startswith("cuda") or self.config.enforce_eager or not graph_safe:
             return eager
-        variants = ("none",)
-        if runtime is not None:
-            variants += ("unmerged", "mixture") if self.policy.can_merge else ("unmerged",)
         max_seqs = self.scheduler.config.max_num_seqs
+        merger = None if self.lora is None else self.lora.merger
+        overlays = merger is not None and merger.has_overlays
         graphs = DecodeGraphs(self.model, kv_cache, max_seqs, self.scheduler.config.max_model_len,
-                              runtime, variants)  # fmt: skip
+                              runtime, ("none", *self._lora_variants()),
+                              merger.overlays_active if overlays else None)  # fmt: skip
         graphs.capture()
         return GraphForward(graphs, eager)
+
+    def _lora_variants(self) -> tuple[str, ...]:
+        """Decode-graph variants with LoRA rows or merged weights (besides "none")."""
+        if self.lora is None:
+            return ()
+        if not self.can_merge:
+            return ("unmerged",)
+        overlays = self.lora.merger.has_overlays  # merged steps compute on other weights
+        return ("unmerged", "mixture", "merged") if overlays else ("unmerged", "mixture")
 
     def _num_kv_blocks(self) -> int:
         cfg, c = self.model_config, self.config
@@ -124,14 +166,23 @@ class LLMEngine:
             return max(1, c.num_token // c.block_size)
         if not c.device.startswith("cuda"):
             return 16384 // c.block_size
-        free, total = torch.cuda.mem_get_info()
-        per_token = KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
-                                            cfg.head_dim, c.dtype)  # fmt: skip
-        usable = total * c.gpu_memory_utilization - (total - free) - (1 << 30)  # 1 GiB headroom
+        usable = self._usable_bytes()
         if c.lora is not None and not c.enforce_eager:  # graph logits of the LoRA variants
-            variants = 2 if self.policy.can_merge else 1
+            variants = len(self._lora_variants())
             usable -= variants * sum(capture_sizes(c.scheduler.max_num_seqs)) * cfg.vocab_size * 4
+        per_token = self._kv_bytes_per_token()
         return max(1, int(usable // (per_token * c.block_size)) - 1)  # - the scratch block
+
+    def _usable_bytes(self) -> float:
+        """GPU memory left for the KV cache now: the utilization share, less what is in use and
+        1 GiB headroom."""
+        free, total = torch.cuda.mem_get_info()
+        return total * self.config.gpu_memory_utilization - (total - free) - (1 << 30)
+
+    def _kv_bytes_per_token(self) -> int:
+        cfg = self.model_config
+        return KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
+                                       cfg.head_dim, self.config.dtype)  # fmt: skip
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(

@@ -30,7 +30,11 @@ class LLM:
     (named lora0, lora1 ..., ranks cycling ``dummy_ranks``); ``enable_lora=True`` starts with none
     (load later with ``load_lora``). ``max_loras`` sizes the GPU pool (adapters of
     ``max_lora_rank``; more fit at lower ranks), ``max_cpu_loras`` the host cache,
-    ``lora_backend`` overrides the policy's kernels, ``lora_towers`` picks language/vision."""
+    ``lora_backend`` overrides the policy's kernels, ``lora_towers`` picks language/vision.
+
+    ``quantization`` ("w4a16" | "w8a16") holds the language model's linears quantized;
+    ``quant_merge`` ("auto" | "on" | "off") gives merged mode dense overlays on such a base
+    (``valora.adapters.merge``; auto: where they take at most half the KV-cache memory)."""
 
     def __init__(
         self,
@@ -60,6 +64,7 @@ class LLM:
         allow_pickle: bool = False,
         policy_options: dict | None = None,
         quantization: str = "none",
+        quant_merge: str = "auto",
     ) -> None:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         if dtype == "auto":
@@ -88,6 +93,7 @@ class LLM:
                 lora=lora_config,
                 policy_options=tuple((policy_options or {}).items()),
                 quantization=quantization,
+                quant_merge=quant_merge,
             )  # fmt: skip
         )
         for name, path in (lora_modules or {}).items():

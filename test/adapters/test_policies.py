@@ -70,7 +70,7 @@ def test_valora_admits_late_requests_first_then_the_merged_adapters():
 
 def test_valora_cost_model_merges_a_dominant_adapter_only():
     policy = make_policy("valora")
-    policy.cost.coef = np.array([1e-3, 1e-6, 2e-5, 1e-5])  # LoRA rows cost a lot
+    policy.cost.coef = np.array([1e-3, 1e-6, 2e-5, 1e-5, 0.0])  # LoRA rows cost a lot
     dominant = [req("h", max_tokens=128) for _ in range(28)] + [req(str(i)) for i in range(4)]
     assert policy.plan([], dominant, None, time.monotonic()).merged == ("h", 1)
     distinct = [req(str(i), max_tokens=128) for i in range(32)]
@@ -87,5 +87,32 @@ def test_cost_model_refits_to_measured_steps():
         t, lora, seg = rng.integers(1, 256), rng.integers(0, 256), rng.integers(0, 64)
         seconds = float(true @ np.array([1, t, lora, seg]))
         policy.observe(StepRecord("unmerged", int(t), int(lora), int(seg), seconds))
-    assert np.allclose(policy.cost.coef, true, rtol=1e-3, atol=1e-9)
+    assert np.allclose(policy.cost.coef[:4], true, rtol=1e-3, atol=1e-9)
+    assert policy.cost.coef[4] == 2e-3  # no overlay step measured: the prior stays
     assert adapter_key(req(None)) is None
+
+
+def test_cost_model_learns_the_overlay_step_cost_on_a_quantized_base():
+    policy = make_policy("valora")
+    policy.bind(1000, overlay_merges=True)
+    true = np.array([2e-3, 1e-5, 3e-5, 4e-6, 5e-3])
+    rng = np.random.default_rng(1)
+    for i in range(64):
+        mode = ("unmerged", "mixture", "merged")[i % 3]
+        t, lora, seg = rng.integers(1, 256), rng.integers(0, 256), rng.integers(0, 64)
+        seconds = float(true @ np.array([1, t, lora, seg, mode != "unmerged"]))
+        policy.observe(StepRecord(mode, int(t), int(lora), int(seg), seconds))
+    assert np.allclose(policy.cost.coef, true, rtol=1e-3, atol=1e-9)
+
+
+def test_valora_on_a_quantized_base_merges_only_where_the_gain_pays_for_the_overlays():
+    """The same dominant queue: merged on a dense base; on a quantized one the dense overlay
+    GEMMs cost more per step than the LoRA rows merging saves, so it stays unmerged."""
+    dominant = [req("h", max_tokens=128) for _ in range(28)] + [req(str(i)) for i in range(4)]
+    decisions = []
+    for overlays in (False, True):
+        policy = make_policy("valora")
+        policy.bind(1000, overlay_merges=overlays)
+        policy.cost.coef = np.array([1e-3, 1e-6, 2e-5, 1e-5, 2e-3])
+        decisions.append(policy.plan([], dominant, None, time.monotonic()).merged)
+    assert decisions == [("h", 1), None]

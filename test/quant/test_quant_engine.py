@@ -54,13 +54,82 @@ def test_lora_on_a_quantized_base_runs_unmerged():
     assert isinstance(llm.engine.model.model.layers[0].mlp.down_proj.base, QuantLinear)
 
 
-def test_merging_policies_on_a_quantized_base_run_unmerged_and_stay_exact():
-    """No dense copy to merge into yet: the merge plans are not carried out, and the tokens
-    equal the always-unmerged engine's."""
-    kwargs = dict(device="cpu", quantization="w4a16", num_dummy_adapters=2, lora_backend="torch")
-    prompts, lora = ["a", "b", "c", "d"], ["lora0", "lora0", "lora0", "lora1"]
-    plain = LLM("tiny", **kwargs).generate(prompts, GREEDY, lora=lora, use_tqdm=False)
-    merging = LLM("tiny", scheduler="valora", policy_options={"force_mode": "mixture"}, **kwargs)
-    outs = merging.generate(prompts, GREEDY, lora=lora, use_tqdm=False)
-    assert merging.engine.lora.merger is None and merging.engine.lora.num_switches == 0
-    assert [o.outputs[0].token_ids for o in outs] == [o.outputs[0].token_ids for o in plain]
+QUANT_LORA = dict(device="cpu", quantization="w4a16", num_dummy_adapters=2, lora_backend="torch")
+PROMPTS, ADAPTERS = ["a", "b", "c", "d"], ["lora0", "lora0", "lora0", "lora1"]
+
+
+def tokens(outs) -> list[list[int]]:
+    return [o.outputs[0].token_ids for o in outs]
+
+
+@pytest.mark.parametrize("mode", ["merged", "mixture"])
+def test_merged_modes_on_a_quantized_base_use_overlays_and_match_unmerged(mode):
+    """The merged adapter runs on a dense overlay (dequantized weight + delta); the quantized
+    weights are never written; tokens equal the always-unmerged engine's."""
+    plain = LLM("tiny", **QUANT_LORA).generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    llm = LLM("tiny", scheduler="valora", policy_options={"force_mode": mode}, **QUANT_LORA)
+    qkv = llm.engine.model.model.layers[0].self_attn.qkv_proj.base
+    packed = qkv.quantized.qweight.clone()
+    outs = llm.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    assert llm.engine.lora.num_switches > 0 and llm.engine.lora.merger.has_overlays
+    assert tokens(outs) == tokens(plain)
+    assert torch.equal(qkv.quantized.qweight, packed)
+    if llm.engine.lora.merged is not None:  # the overlay holds W + delta while merged
+        assert qkv.merged_weight is not None
+        assert not torch.allclose(qkv.merged_weight, qkv.weight)
+    llm.engine.lora.switch(None)
+    assert qkv.merged_weight is None
+
+
+def test_quant_merge_off_runs_unmerged_and_stays_exact():
+    """Without overlays the merge plans are not carried out; tokens equal unmerged ones."""
+    plain = LLM("tiny", **QUANT_LORA).generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    llm = LLM("tiny", scheduler="valora", policy_options={"force_mode": "mixture"},
+              quant_merge="off", **QUANT_LORA)  # fmt: skip
+    outs = llm.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    assert llm.engine.lora.merger is None and llm.engine.lora.num_switches == 0
+    assert tokens(outs) == tokens(plain)
+
+
+def test_quant_merge_setting_is_checked():
+    with pytest.raises(ValueError, match="quant_merge"):
+        LLM("tiny", quant_merge="sometimes", **QUANT_LORA)
+
+
+def test_overlay_merge_switch_rewrites_only_from_the_quantized_weight():
+    """Switching m -> m' -> m re-dequantizes before merging: the overlay after the round trip
+    equals the one merged first (no delta left over from m')."""
+    llm = LLM("tiny", scheduler="valora", **QUANT_LORA)
+    lora = llm.engine.lora
+    for name in ("lora0", "lora1"):
+        llm.generate(["x"], GREEDY, lora=[name], use_tqdm=False)  # loads it into the pool
+    keys = [lora.resolve(name) for name in ("lora0", "lora1")]
+    lora.switch(keys[0])
+    first = {m: w.clone() for m, w in lora.merger.live.items() if m[0] == "qkv"}
+    lora.switch(keys[1])
+    lora.switch(keys[0])
+    assert all(torch.equal(first[m], lora.merger.live[m]) for m in first)
+    lora.switch(None)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["merged", "mixture"])
+def test_gpu_overlay_merges_replay_their_own_decode_graphs(mode):
+    """On the GPU merged / mixture decode steps replay graphs captured with the overlays on
+    ("merged" is a variant of its own there): tokens equal the eager engine's."""
+    kwargs = dict(
+        device="cuda",
+        dtype="bfloat16",
+        quantization="w4a16",
+        num_dummy_adapters=2,
+        scheduler="valora",
+        policy_options={"force_mode": mode},
+        max_num_seqs=8,
+    )
+    graphs = LLM("tiny", **kwargs)
+    assert "merged" in graphs.engine.runner.forward.graphs.variants
+    eager = LLM("tiny", enforce_eager=True, **kwargs)
+    want = eager.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    got = graphs.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    assert graphs.engine.lora.num_switches > 0
+    assert tokens(got) == tokens(want)

@@ -39,13 +39,18 @@ class LoRAConfig:
             raise ValueError(f"towers must be language and/or vision, got {self.towers}")
 
 
+def lora_targets(cfg: ModelConfig, config: LoRAConfig) -> tuple:
+    """The ``TargetSpec``s of the towers LoRA is enabled on."""
+    return tuple(t for t in model_targets(cfg) if t.tower in config.towers)
+
+
 class LoRAManager:
     def __init__(self, model: nn.Module, config: LoRAConfig, backend: str, enable_merge: bool,
                  dtype: torch.dtype, device: str) -> None:  # fmt: skip
         self.config = config
         self.model_config: ModelConfig = model.cfg
         self.dtype = dtype
-        targets = tuple(t for t in model_targets(model.cfg) if t.tower in config.towers)
+        targets = lora_targets(model.cfg, config)
         rows = config.max_loras * config.max_lora_rank
         self.pool = AdapterPool(targets, rows, config.max_lora_rank, dtype, device)
         self.registry = AdapterRegistry(config.max_cpu_loras, device.startswith("cuda"))

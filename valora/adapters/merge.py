@@ -1,17 +1,26 @@
 """Merged mode: one adapter folded into the base weights, and back, exactly.
 
-``BaseWeightMerger`` keeps a pristine copy of every base weight a merge may touch (allocated once,
-before the KV cache is sized) and writes ``W = W0 + c B A`` in one pass per (target, slice) over all
-layers (``valora.layers.merge_kernels``: fp32 accumulation, rounded once). Unmerging copies ``W0``
-back, so the base weights are bit-identical after any number of switches (no in-place add/sub
-drift). Switching from adapter m to m' rewrites only what either touches.
+``BaseWeightMerger`` writes ``W = W0 + c B A`` in one pass per (target, slice) over all layers
+(``valora.layers.merge_kernels``: fp32 accumulation, rounded once). Each merged module is a site:
 
-The adapter's factors are read from the GPU pool rows, so a merged adapter stays pinned there.
+- a dense ``Linear``: a pristine copy of W0 is kept (allocated once, before the KV cache is
+  sized); merging writes the live weight in place, unmerging copies W0 back, so the base
+  weights are bit-identical after any number of switches (no in-place add/sub drift);
+- a ``QuantLinear`` (quantized base): the quantized weight is never written. A dense overlay
+  [N, K] (allocated once, like the pristine copies, only where the engine found the memory)
+  receives dequant(W_q) + c B A and the layer computes on it while merged
+  (``QuantLinear.merged_weight``); unmerging drops the overlay. The engine builds no merger on
+  a quantized base without the memory for the overlays (merge plans are then not carried out).
+
+Switching from adapter m to m' rewrites only what either touches. The adapter's factors are read
+from the GPU pool rows, so a merged adapter stays pinned there.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -19,37 +28,116 @@ from torch import nn
 from valora.adapters.pool import AdapterKey, AdapterPool
 from valora.adapters.types import LoRAAdapter
 from valora.layers.merge_kernels import SliceMerge, merge_layers_for
+from valora.quant.linear import QuantLinear
+
+Module = tuple[str, int]  # (target, layer)
+
+
+class _DenseSite:
+    """A dense weight merged in place; W0 kept aside."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.live = module.weight
+        self.pristine = module.weight.detach().clone()
+
+    def prepare(self) -> None:
+        pass
+
+    def activate(self) -> None:
+        pass
+
+    def restore(self) -> None:
+        self.live.copy_(self.pristine)
+
+
+class _OverlaySite:
+    """A quantized weight: merged into a dense overlay that the layer uses while merged."""
+
+    def __init__(self, module: QuantLinear) -> None:
+        self.module = module
+        self.live = torch.empty(module.out_features, module.in_features, dtype=module.dtype,
+                                device=module.quantized.qweight.device)  # fmt: skip
+        self.pristine = self.live  # merged in place after ``prepare`` wrote W0 into it
+
+    def prepare(self) -> None:
+        self.module.dequantize_into(self.live)
+
+    def activate(self) -> None:
+        self.module.merged_weight = self.live
+
+    def restore(self) -> None:
+        self.module.merged_weight = None
+
+
+def overlay_bytes(model: nn.Module, targets) -> int:
+    """Memory the overlays of the quantized merge targets (``TargetSpec``s) would take."""
+    total = 0
+    for spec in targets:
+        for layer in range(spec.num_layers):
+            module = _base_layer(model, spec.module_path(layer))
+            if isinstance(module, QuantLinear):
+                total += module.out_features * module.in_features * module.dtype.itemsize
+    return total
+
+
+def _base_layer(model: nn.Module, path: str) -> nn.Module:
+    """The base linear at ``path`` (inside its ``LoRALinear`` wrapper once LoRA is attached)."""
+    module = model.get_submodule(path)
+    return getattr(module, "base", module)
 
 
 class BaseWeightMerger:
-    """Invariant: for every (target, layer) not touched by ``merged``, the live weight equals the
-    pristine copy bit for bit."""
+    """Invariant: every (target, layer) not touched by ``merged`` computes with its base weight
+    (dense: the live weight equals the pristine copy bit for bit; quantized: no overlay)."""
 
     def __init__(self, model: nn.Module, pool: AdapterPool) -> None:
         self.pool = pool
-        self.live: dict[tuple[str, int], torch.Tensor] = {}
-        self.pristine: dict[tuple[str, int], torch.Tensor] = {}
+        self.sites: dict[Module, _DenseSite | _OverlaySite] = {}
         for name, buffers in pool.targets.items():
             for layer in range(buffers.spec.num_layers):
-                weight = model.get_submodule(buffers.spec.module_path(layer)).weight
-                self.live[(name, layer)] = weight
-                self.pristine[(name, layer)] = weight.detach().clone()
+                module = _base_layer(model, buffers.spec.module_path(layer))
+                site = _OverlaySite(module) if isinstance(module, QuantLinear) else (
+                    _DenseSite(module))  # fmt: skip
+                self.sites[(name, layer)] = site
         self.merge_layers = merge_layers_for(pool.device)  # Triton on CUDA, addmm elsewhere
         self.merged: AdapterKey | None = None
-        self._merged_modules: set[tuple[str, int]] = set()
+        self._merged_modules: set[Module] = set()
         self.num_switches = 0
         self.switch_seconds = 0.0
 
     @property
+    def live(self) -> dict[Module, torch.Tensor]:
+        """The weight each site merges into (dense: the layer's weight; quantized: its overlay)."""
+        return {module: site.live for module, site in self.sites.items()}
+
+    @property
     def num_bytes(self) -> int:
-        return sum(t.nbytes for t in self.pristine.values())
+        return sum(site.pristine.nbytes for site in self.sites.values())
+
+    @property
+    def has_overlays(self) -> bool:
+        return any(isinstance(site, _OverlaySite) for site in self.sites.values())
+
+    @contextmanager
+    def overlays_active(self) -> Iterator[None]:
+        """Every quantized site computing on its overlay (whatever it holds): for capturing the
+        CUDA graphs of merged steps; the previous state comes back afterwards."""
+        overlays = [s for s in self.sites.values() if isinstance(s, _OverlaySite)]
+        before = [site.module.merged_weight for site in overlays]
+        for site in overlays:
+            site.activate()
+        try:
+            yield
+        finally:
+            for site, weight in zip(overlays, before):
+                site.module.merged_weight = weight
 
     def switch(self, key: AdapterKey | None, adapter: LoRAAdapter | None) -> float:
         """Merge ``key`` (None: unmerge); returns the seconds taken (device work included)."""
         start = time.perf_counter()
         new_modules = set(adapter.modules) if adapter is not None else set()
         for module in self._merged_modules - new_modules:
-            self.live[module].copy_(self.pristine[module])
+            self.sites[module].restore()
         if key is not None:
             self._merge(adapter, self.pool.slot(key))
         self.merged, self._merged_modules = key, new_modules
@@ -69,13 +157,18 @@ class BaseWeightMerger:
             buffers = self.pool.targets[target]
             offsets = buffers.spec.slice_offsets
             modules = [adapter.modules[(target, layer)] for layer in layers]
+            sites = [self.sites[(target, layer)] for layer in layers]
+            for site in sites:
+                site.prepare()
             for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
                 self.merge_layers(SliceMerge(
-                    outs=[self.live[(target, layer)][lo:hi] for layer in layers],
-                    pristine=[self.pristine[(target, layer)][lo:hi] for layer in layers],
+                    outs=[site.live[lo:hi] for site in sites],
+                    pristine=[site.pristine[lo:hi] for site in sites],
                     a_rows=[buffers.a_buf[layer, s, slot : slot + m.rank]
                             for layer, m in zip(layers, modules)],
                     b_rows=[buffers.b_buf[layer, slot : slot + m.rank, lo:hi]
                             for layer, m in zip(layers, modules)],
                     scales=[m.scaling for m in modules],
                 ))  # fmt: skip
+            for site in sites:
+                site.activate()

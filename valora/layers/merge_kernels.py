@@ -1,10 +1,11 @@
 """Folding one adapter into base weights: ``out_l = W0_l + scale_l * B_l^T A_l`` for one slice
 of one target, over every layer at once.
 
-Per layer l: W0_l / out_l are rows [lo, lo + N) of that layer's [N_total, K] weight (separate
-tensors per layer, so passed as pointer tables); A_l = rows [slot, slot + r_l) of the pool's
-a_buf[l, s] ([r, K]) and B_l the same rows of b_buf[l][:, lo:lo + N] ([r, N]). The product
-accumulates in fp32, is added to W0 in fp32 and rounded once. A layer of rank 0 copies W0.
+Per layer l: W0_l / out_l (the same tensor for an in-place merge) are rows [lo, lo + N) of that
+layer's [N_total, K] weight (separate tensors per layer, so passed as pointer tables); A_l = rows
+[slot, slot + r_l) of the pool's a_buf[l, s] ([r, K]) and B_l the same rows of
+b_buf[l][:, lo:lo + N] ([r, N]). The product accumulates in fp32, is added to W0 in fp32 and
+rounded once. A layer of rank 0 copies W0.
 
 - ``torch_merge_layers``: ``torch.addmm`` per layer (the CPU path and the reference).
 - ``triton_merge_layers`` (GPU): one launch for all layers, one program per [BLOCK_N, BLOCK_K]
@@ -32,10 +33,10 @@ class SliceMerge:
 
 def torch_merge_layers(job: SliceMerge) -> None:
     for out, w0, a, b, scale in zip(job.outs, job.pristine, job.a_rows, job.b_rows, job.scales):
-        if a.shape[0] == 0:
+        if out.data_ptr() != w0.data_ptr():  # else merged in place (a quantized base's overlay)
             out.copy_(w0)
-        else:
-            torch.addmm(w0, b.t(), a, alpha=scale, out=out)
+        if a.shape[0]:
+            out.addmm_(b.t(), a, alpha=scale)
 
 
 def triton_merge_layers(job: SliceMerge, block_n: int = 64, block_k: int = 128,

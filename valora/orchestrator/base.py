@@ -45,8 +45,10 @@ class Policy:
     backend = "atmm"
     can_merge = False
 
-    def bind(self, kv_capacity_tokens: int) -> None:
-        """Told once by the engine: how many tokens the KV cache holds."""
+    def bind(self, kv_capacity_tokens: int, overlay_merges: bool = False) -> None:
+        """Told once by the engine: how many tokens the KV cache holds, and whether merged steps
+        compute on dense overlays of a quantized base (``valora.adapters.merge``): slower GEMMs
+        than the quantized ones, a cost of their own."""
 
     def order(self, waiting: Iterable[Request], running: list[Request]) -> Iterable[Request]:
         return list(waiting)

@@ -27,7 +27,7 @@ class SLoRAPolicy(Policy):
     def __init__(self) -> None:
         self.capacity = 0
 
-    def bind(self, kv_capacity_tokens: int) -> None:
+    def bind(self, kv_capacity_tokens: int, overlay_merges: bool = False) -> None:
         self.capacity = kv_capacity_tokens
 
     def order(self, waiting: Iterable[Request], running: list[Request]) -> list[Request]:

@@ -5,8 +5,11 @@ mode and batch chosen each step from a cost model fitted to measured step times.
   ``-c_m B_m A_m x`` corrections for the other rows, in prefill and decode); switching rewrites
   the base weights from a pristine copy (``valora.adapters.merge``).
 - Cost model (``StepCostModel``): step seconds = c0 + c_tok * tokens + c_lora * LoRA rows +
-  c_seg * adapter segments, refitted by least squares on the steps measured so far; the switch
-  cost is the running mean of measured switches.
+  c_seg * adapter segments + c_overlay * [merged weights in dense overlays], refitted by least
+  squares on the steps measured so far; the switch cost is the running mean of measured
+  switches. The overlay term exists on a quantized base only: there a merged or mixture step
+  runs the merged layers as dense GEMMs on bf16 overlays instead of the 4/8-bit kernels (more
+  weight bytes per decode step), and a switch dequantizes the layers it merges.
 - Decision: with m the adapter with the most requests and H its requests' mean remaining output,
   merge m when (cost unmerged - cost mixture) * H exceeds the switch cost (with a margin); move
   the merge to another adapter, or unmerge, on the same test.
@@ -36,31 +39,34 @@ from valora.orchestrator.base import (
 )
 from valora.request import Request
 
-_PRIOR = np.array([2e-3, 2e-6, 4e-7, 2e-6])  # c0, per token, per LoRA row, per segment (seconds)
+# c0, per token, per LoRA row, per segment, per step on dense overlays (seconds); the overlay
+# prior: a 7B decode step on bf16 weights against 4-bit ones (benchmarks/results/quant_h100.json)
+_PRIOR = np.array([2e-3, 2e-6, 4e-7, 2e-6, 2e-3])
 
 
 class StepCostModel:
     def __init__(self, window: int = 512, refit_every: int = 16) -> None:
         self.coef = _PRIOR.copy()
-        self._rows: deque[tuple[float, float, float, float]] = deque(maxlen=window)
+        self._rows: deque[tuple[float, ...]] = deque(maxlen=window)
         self._refit_every = refit_every
         self._since_fit = 0
 
-    def predict(self, tokens: int, lora_rows: int, segments: int) -> float:
-        return float(self.coef @ np.array([1.0, tokens, lora_rows, segments]))
+    def predict(self, tokens: int, lora_rows: int, segments: int, overlay: bool = False) -> float:
+        return float(self.coef @ np.array([1.0, tokens, lora_rows, segments, float(overlay)]))
 
-    def observe(self, record: StepRecord) -> None:
+    def observe(self, record: StepRecord, overlay: bool = False) -> None:
         self._rows.append((record.num_tokens, record.num_lora_rows, record.num_segments,
-                           record.seconds))  # fmt: skip
+                           float(overlay), record.seconds))  # fmt: skip
         self._since_fit += 1
         if self._since_fit >= self._refit_every and len(self._rows) >= 32:
             self._refit()
 
     def _refit(self) -> None:
         data = np.array(self._rows)
-        x = np.column_stack([np.ones(len(data)), data[:, :3]])
-        coef, *_ = np.linalg.lstsq(x, data[:, 3], rcond=None)
-        self.coef = np.maximum(coef, 0.0)  # costs are never negative
+        x = np.column_stack([np.ones(len(data)), data[:, :4]])
+        fitted = 5 if data[:, 3].any() else 4  # no overlay step measured yet: keep its prior
+        coef, *_ = np.linalg.lstsq(x[:, :fitted], data[:, 4], rcond=None)
+        self.coef[:fitted] = np.maximum(coef, 0.0)  # costs are never negative
         self._since_fit = 0
 
 
@@ -75,9 +81,13 @@ class VaLoRAPolicy(Policy):
             raise ValueError(f"force_mode must be unmerged, merged or mixture, got {force_mode!r}")
         self.max_wait_s, self.force_mode, self.margin = max_wait_s, force_mode, margin
         self.cost = StepCostModel()
+        self.overlay_merges = False  # merged steps compute on dense overlays (quantized base)
         self.switch_seconds = 5e-3  # prior until a switch is measured
         self._num_switches = 0
         self._merged: AdapterKey | None = None
+
+    def bind(self, kv_capacity_tokens: int, overlay_merges: bool = False) -> None:
+        self.overlay_merges = overlay_merges
 
     def order(self, waiting: Iterable[Request], running: list[Request]) -> list[Request]:
         now, waiting = time.monotonic(), list(waiting)
@@ -133,7 +143,7 @@ class VaLoRAPolicy(Policy):
         others = [k for k in rows if k != merged]
         own = [k for k in others if k is not None]
         segments = len(set(own)) + (1 if others else 0)
-        return self.cost.predict(len(rows), len(own) + len(others), segments)
+        return self.cost.predict(len(rows), len(own) + len(others), segments, self.overlay_merges)
 
     @staticmethod
     def _horizon(requests, key: AdapterKey) -> float:
@@ -143,7 +153,8 @@ class VaLoRAPolicy(Policy):
         return sum(left) / len(left) if left else 0.0
 
     def observe(self, record: StepRecord) -> None:
-        self.cost.observe(record)
+        overlay = self.overlay_merges and record.mode in ("merged", "mixture")
+        self.cost.observe(record, overlay)
 
     def observe_switch(self, seconds: float) -> None:
         self._num_switches += 1

@@ -4,6 +4,10 @@ The matmul strategy is chosen once, by device: on CUDA ``quant_matmul`` runs the
 tuned table (``valora.quant.tuning``) holds for the call's shape bucket (in-kernel dequantization
 for small M, dequantize + cuBLAS where that measured faster); on the CPU the torch reference
 dequantizes and multiplies (tests, the demo).
+
+Merged mode: while an adapter is merged, ``merged_weight`` holds a dense [N, K] copy, the
+dequantized weight plus the adapter's delta (``valora.adapters.merge``), and the layer runs a
+dense GEMM on it; the quantized weight itself never changes, so unmerging only drops the copy.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
         self.dtype = dtype
         self._cuda = weight.qweight.is_cuda
+        self.merged_weight: torch.Tensor | None = None  # [N, K] dense, while merged
 
     @property
     def out_features(self) -> int:
@@ -42,12 +47,23 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dequantized weight [N, K] (a fresh tensor: for merging and references)."""
+        """The dequantized weight [N, K] (a fresh tensor: for references)."""
         return dequantize(self.quantized, self.dtype)
+
+    def dequantize_into(self, out: torch.Tensor) -> None:
+        """out [N, K] <- the dequantized weight (one pass on the GPU)."""
+        if self._cuda:
+            from valora.quant.triton_gemm import dequantize_kn
+
+            out.copy_(dequantize_kn(self.quantized, out.dtype).t())
+        else:
+            out.copy_(dequantize(self.quantized, out.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1])
-        if self._cuda:
+        if self.merged_weight is not None:
+            y = F.linear(x2, self.merged_weight, self.bias)
+        elif self._cuda:
             from valora.quant.triton_gemm import quant_matmul
 
             y = quant_matmul(x2, self.quantized)

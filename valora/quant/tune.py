@@ -29,7 +29,7 @@ MODEL_SHAPES = {  # (N, K) of qkv, o, gate|up, down
     "qwen2-vl-7b": [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)],
     "qwen2-vl-2b": [(2048, 1536), (1536, 1536), (17920, 1536), (1536, 8960)],
 }
-SPLITS = (1, 2, 4, 8)
+SPLITS = (1, 2, 4, 8, 16)
 
 
 def candidates(m: int) -> list[dict]:

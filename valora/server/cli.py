@@ -24,6 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", help="require 'Authorization: Bearer KEY' on every route but /health"
     )
     p.add_argument("--quantization", default="none", choices=["none", "w4a16", "w8a16"])
+    p.add_argument("--quant-merge", default="auto", choices=["auto", "on", "off"],
+                   help="merged mode on a quantized base: dense overlays of the LoRA targets "
+                        "(auto: where they take at most half the KV-cache memory)")  # fmt: skip
     # engine
     p.add_argument("--dtype", default="auto")
     p.add_argument("--device")
@@ -82,7 +85,8 @@ def build_server(args: argparse.Namespace):
               enable_lora=args.enable_lora or bool(modules) or args.num_adapter > 0 or None,
               num_dummy_adapters=args.num_adapter, dummy_ranks=tuple(args.dummy_ranks),
               max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
-              lora_backend=args.lora_backend, quantization=args.quantization)  # fmt: skip
+              lora_backend=args.lora_backend, quantization=args.quantization,
+              quant_merge=args.quant_merge)  # fmt: skip
     name = args.served_model_name or model
     media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
                         max_images_per_request=args.max_images_per_request)  # fmt: skip
