@@ -28,3 +28,39 @@ def test_fig17_draws_from_a_kernel_benchmark_file(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "draw/fig17.py"), str(results), "--out", str(out)],
                    check=True, cwd=ROOT)  # fmt: skip
     assert out.stat().st_size > 10_000
+
+
+def write_run(directory: Path, label: str, args: dict, latency_per_token: float) -> None:
+    """A run_exp.py result file: request lines, then the summary record."""
+    requests = [{"request_id": f"r{i}", "ttft": 0.1 * (i + 1), "e2e": 0.5 * (i + 1)}
+                for i in range(5)]  # fmt: skip
+    record = {"summary": {"avg_latency_per_token_s": latency_per_token}, "label": label,
+              "args": args}  # fmt: skip
+    lines = [json.dumps(r) for r in [*requests, record]]
+    (directory / f"{label}.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_replay_figures_draw_from_suite_result_files(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i, policy in enumerate(("valora", "slora", "punica", "dlora")):
+        for task in ("vqa", "vat"):
+            for rate in (2, 6):
+                args = {"task": task, "req_rate": rate, "skewness": 0.8, "num_adapters": 16}
+                write_run(runs, f"{policy}_{task}_{rate}", args, 1e-3 * (i + 1) * rate)
+    draws = [["draw/fig14.py", str(runs), "--out", str(tmp_path / "fig14")],
+             ["draw/sweeps.py", "skewness", str(runs), "--out", str(tmp_path / "skew")],
+             ["draw/latency_cdf.py", str(runs), "--match", "_vqa_6",
+              "--out", str(tmp_path / "cdf")]]  # fmt: skip
+    for cmd in draws:
+        subprocess.run([sys.executable, *cmd], check=True, cwd=ROOT, capture_output=True,
+                              text=True)  # fmt: skip
+        out = Path(cmd[cmd.index("--out") + 1])
+        assert out.with_suffix(".png").stat().st_size > 10_000
+        assert out.with_suffix(".pdf").stat().st_size > 1_000
+    assert (
+        "vqa valora/slora latency per token: 2: 0.50x, 6: 0.50x"
+        in subprocess.run(
+            [sys.executable, *draws[0]], check=True, cwd=ROOT, capture_output=True, text=True
+        ).stdout
+    )

@@ -1,0 +1,200 @@
+"""Send a workload at its arrival times and time each streamed output (asyncio).
+
+Two senders behind one interface, ``await sender(spec, clock) -> RequestResult``:
+
+- ``HttpSender``: the OpenAI-compatible server. ``POST /v1/chat/completions`` with
+  ``stream: true`` and ``stream_options.include_usage`` (the server's token counts), images as
+  base64 data URLs, greedy, ``ignore_eos`` so every request produces its ``max_tokens``;
+  ``model`` is the adapter's name, or the base model's id from ``GET /v1/models``.
+- ``EngineSender``: an in-process ``LLMEngine`` behind ``AsyncEngine`` (no HTTP): the same chat
+  prompt, DELTA outputs.
+
+A chunk time is taken when output text arrives (vLLM's benchmark convention). ``replay`` starts
+every request at ``start + arrival_s`` regardless of how the earlier ones are doing (open loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Awaitable, Callable
+from functools import cache
+from pathlib import Path
+
+from tqdm import tqdm
+
+from replay.metrics import RequestResult
+from replay.workload import RequestSpec
+
+Sender = Callable[[RequestSpec, float], Awaitable[RequestResult]]
+
+
+async def replay(specs: list[RequestSpec], sender: Sender,
+                 progress: bool = True) -> tuple[list[RequestResult], float]:  # fmt: skip
+    """Every request sent at its arrival time; -> (results in spec order, wall seconds)."""
+    start = time.perf_counter()
+    bar = tqdm(total=len(specs), desc="requests", unit="req", disable=not progress)
+
+    async def one(spec: RequestSpec) -> RequestResult:
+        await asyncio.sleep(max(0.0, start + spec.arrival_s - time.perf_counter()))
+        result = await sender(spec, start)
+        bar.update(1)
+        return result
+
+    results = await asyncio.gather(*(one(spec) for spec in specs))
+    bar.close()
+    return list(results), time.perf_counter() - start
+
+
+def _new_result(spec: RequestSpec, start: float) -> RequestResult:
+    return RequestResult(
+        request_id=spec.request_id, adapter=spec.adapter, task=spec.task,
+        scheduled_s=spec.arrival_s, send_s=time.perf_counter() - start, chunk_s=[],
+        end_s=None, prompt_tokens=0, output_tokens=0, num_images=len(spec.image_paths),
+        success=False,
+    )  # fmt: skip
+
+
+@cache
+def image_data_url(path: str) -> str:
+    suffix = Path(path).suffix.lower().lstrip(".") or "png"
+    mime = "jpeg" if suffix in ("jpg", "jpeg") else suffix
+    return f"data:image/{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def chat_messages(spec: RequestSpec) -> list[dict]:
+    """One user turn: the images first, then the text (Qwen2-VL's usual order)."""
+    parts = [{"type": "image_url", "image_url": {"url": image_data_url(p)}}
+             for p in spec.image_paths]  # fmt: skip
+    parts.append({"type": "text", "text": spec.prompt})
+    return [{"role": "user", "content": parts}]
+
+
+class HttpSender:
+    def __init__(self, server: str, timeout_s: float = 600.0) -> None:
+        import httpx
+
+        self.server = server.rstrip("/")
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout_s, connect=30.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=64),
+        )
+        self.base_model: str | None = None
+
+    async def connect(self) -> None:
+        """Wait for the server (up to 10 minutes: model load, graph capture), then read the
+        base model's id."""
+        deadline = time.monotonic() + 600
+        while True:
+            try:
+                response = await self.client.get(f"{self.server}/v1/models")
+                response.raise_for_status()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(1.0)
+        cards = response.json()["data"]
+        self.base_model = next(c["id"] for c in cards if c.get("parent") is None)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    def body(self, spec: RequestSpec) -> dict:
+        return {
+            "model": spec.adapter or self.base_model, "messages": chat_messages(spec),
+            "max_tokens": spec.max_tokens, "temperature": 0.0, "ignore_eos": True,
+            "stream": True, "stream_options": {"include_usage": True},
+        }  # fmt: skip
+
+    async def __call__(self, spec: RequestSpec, start: float) -> RequestResult:
+        result = _new_result(spec, start)
+        try:
+            async with self.client.stream("POST", f"{self.server}/v1/chat/completions",
+                                          json=self.body(spec)) as response:  # fmt: skip
+                if response.status_code != 200:
+                    detail = (await response.aread()).decode(errors="replace")
+                    raise RuntimeError(f"HTTP {response.status_code}: {detail[:300]}")
+                async for line in response.aiter_lines():
+                    if _take_event(line, result, start):
+                        break
+            result.end_s = time.perf_counter() - start
+            result.success = True
+        except Exception as e:  # noqa: BLE001 (recorded: a failed request is a result)
+            result.error = f"{type(e).__name__}: {e}"
+        _fill_chunkless(result)
+        return result
+
+
+def _take_event(line: str, result: RequestResult, start: float) -> bool:
+    """Record one SSE line; True at ``[DONE]``."""
+    if not line.startswith("data:"):
+        return False
+    data = line[5:].strip()
+    if data == "[DONE]":
+        return True
+    event = json.loads(data)
+    if "error" in event:
+        raise RuntimeError(str(event["error"]))
+    for choice in event.get("choices") or []:
+        if (choice.get("delta") or {}).get("content"):
+            result.chunk_s.append(time.perf_counter() - start)
+    usage = event.get("usage")
+    if usage:
+        result.prompt_tokens = usage.get("prompt_tokens", 0)
+        result.output_tokens = usage.get("completion_tokens", 0)
+    return False
+
+
+def _fill_chunkless(result: RequestResult) -> None:
+    """A finished request whose tokens decoded to no text (one special token, say) still has
+    its first token at the end; without usage, count the chunks."""
+    if result.success and not result.chunk_s and result.end_s is not None:
+        result.chunk_s.append(result.end_s)
+    if result.success and not result.output_tokens:
+        result.output_tokens = len(result.chunk_s)
+
+
+class EngineSender:
+    """The in-process engine: requests go straight to ``AsyncEngine`` (no HTTP)."""
+
+    def __init__(self, engine) -> None:
+        from valora.server.async_engine import AsyncEngine
+
+        self.async_engine = AsyncEngine(engine)
+        self.tokenizer = engine.tokenizer
+        self.async_engine.start()
+
+    async def close(self) -> None:
+        self.async_engine.shutdown()
+
+    def prompt(self, spec: RequestSpec) -> dict:
+        from PIL import Image
+
+        parts = [{"type": "image"} for _ in spec.image_paths]
+        parts.append({"type": "text", "text": spec.prompt})
+        text = self.tokenizer.apply_chat_template([{"role": "user", "content": parts}])
+        images = [Image.open(p).convert("RGB") for p in spec.image_paths]
+        return {"prompt": text, "multi_modal_data": {"image": images}}
+
+    async def __call__(self, spec: RequestSpec, start: float) -> RequestResult:
+        from valora.sampling_params import RequestOutputKind, SamplingParams
+
+        params = SamplingParams(temperature=0.0, max_tokens=spec.max_tokens, ignore_eos=True,
+                                output_kind=RequestOutputKind.DELTA)  # fmt: skip
+        result = _new_result(spec, start)
+        try:
+            prompt = await asyncio.to_thread(self.prompt, spec)
+            stream = self.async_engine.generate(spec.request_id, prompt, params, spec.adapter)
+            async for out in stream:
+                if out.outputs and out.outputs[0].token_ids:
+                    result.chunk_s.append(time.perf_counter() - start)
+                    result.output_tokens += len(out.outputs[0].token_ids)
+                result.prompt_tokens = len(out.prompt_token_ids)
+            result.end_s = time.perf_counter() - start
+            result.success = True
+        except Exception as e:  # noqa: BLE001 (recorded: a failed request is a result)
+            result.error = f"{type(e).__name__}: {e}"
+        return result

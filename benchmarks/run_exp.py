@@ -1,0 +1,159 @@
+"""Replay a workload against the server (HTTP streaming) or an in-process engine; write one JSON
+line per request plus a summary record, and print the summary table.
+
+    python benchmarks/run_exp.py --server http://localhost:8085 --num_adapters 16 \\
+        --skewness 0.8 --req_rate 6 --task vqa \\
+        --trace_file ../shared/traces/AzureLLMInferenceTrace_code.csv \\
+        --out benchmarks/results/fig14/valora_vqa_6.jsonl
+
+Arrivals (``--arrival``): ``per-second`` (the trace's first ``--duration`` seconds that hold at
+least ``req_rate`` requests, ``req_rate`` of them sampled from each: VaLoRA's mode), ``rescale``
+(the trace's time axis scaled to ``req_rate`` on average, its burstiness kept), ``poisson``,
+``gamma`` (``--cv``). Popularity (``--popularity``): ``skewness`` (VaLoRA: that share of the
+requests to one hot adapter), ``power`` (S-LoRA, ``--alpha``), ``zipf`` (Punica, ``--zipf_s``),
+``uniform``, ``distinct``. Tasks: ``vqa`` (text + one image), ``vat`` (six images, one output
+token). Without ``--server`` the engine runs in this process, built from ``--engine_args`` (the
+server's flags). Metrics: ``replay.metrics`` (vLLM's definitions, VaLoRA's latency per token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from replay import traces
+from replay.client import EngineSender, HttpSender, replay
+from replay.datasets import load_sharegpt4v
+from replay.metrics import format_summary, summarize, write_jsonl
+from replay.popularity import assign_adapters
+from replay.workload import build_workload, workload_stats
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_DATASET = HERE / "data" / "sharegpt4v_mini" / "sharegpt4v_mini.json"
+DEFAULT_TRACE = HERE / "data" / "traces" / "AzureLLMInferenceTrace_code.csv"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-setting", "--model_setting", default="tiny",
+                   help="recorded in the header; the in-process engine's model")  # fmt: skip
+    p.add_argument("--num_adapters", type=int, default=16)
+    p.add_argument("--skewness", type=float, default=0.5)
+    p.add_argument("--req_rate", type=float, default=6.0)
+    p.add_argument("--task", choices=["vqa", "vat"], default="vqa")
+    p.add_argument("--trace_file", default=str(DEFAULT_TRACE))
+    p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="ShareGPT4V JSON")
+    p.add_argument("--image_root", help="image directory (default: the dataset's)")
+    p.add_argument("--server", help="http://host:port; none: an in-process engine")
+    p.add_argument("--engine_args", default="--model-setting tiny --device cpu --num-adapter 4",
+                   help="in-process engine: the server's flags")  # fmt: skip
+    p.add_argument("--debug", action="store_true", help="8 requests, each result printed")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--arrival", choices=["per-second", "rescale", "poisson", "gamma"],
+                   default="per-second")  # fmt: skip
+    p.add_argument("--cv", type=float, default=1.0, help="gamma arrivals' coefficient of variation")
+    p.add_argument("--popularity", default="skewness",
+                   choices=["skewness", "power", "zipf", "uniform", "distinct"])  # fmt: skip
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--zipf_s", type=float, default=1.1)
+    p.add_argument("--max_output_tokens", type=int, default=120)
+    p.add_argument("--slo", nargs="*", default=[], help="goodput SLOs: ttft:MS tpot:MS e2el:MS")
+    p.add_argument("--label", default="", help="recorded in the header (policy name, ...)")
+    p.add_argument("--gpu", default="", help="recorded in the header")
+    p.add_argument("--out", help="JSONL result file")
+    return p
+
+
+def arrivals(args) -> np.ndarray:
+    if args.arrival == "poisson":
+        return traces.poisson_arrivals(args.req_rate, args.duration, args.seed)
+    if args.arrival == "gamma":
+        return traces.gamma_arrivals(args.req_rate, args.cv, args.duration, args.seed)
+    trace = traces.load_azure_trace(args.trace_file)
+    if args.arrival == "rescale":
+        return traces.rescale(trace.arrival_s, args.req_rate, args.duration)
+    if args.req_rate != int(args.req_rate):
+        raise SystemExit("--arrival per-second needs a whole --req_rate")
+    return traces.per_second_sampling(trace.aligned_arrival_s, int(args.req_rate),
+                                      num_seconds=int(args.duration), seed=args.seed)  # fmt: skip
+
+
+def workload(args) -> list:
+    times = arrivals(args)
+    if args.debug:
+        times = times[:8]
+    adapters = assign_adapters(len(times), args.num_adapters, args.popularity, args.seed,
+                               skewness=args.skewness, alpha=args.alpha,
+                               zipf_s=args.zipf_s) if args.num_adapters > 0 else (
+        np.full(len(times), -1))  # fmt: skip
+    samples = load_sharegpt4v(args.dataset, args.image_root)
+    return build_workload(times, adapters, args.task, samples, args.seed,
+                          max_output_tokens=args.max_output_tokens)  # fmt: skip
+
+
+async def run(args, specs: list) -> tuple[list, float]:
+    if args.server:
+        sender = HttpSender(args.server)
+        await sender.connect()
+    else:
+        from valora.server.cli import build_parser as server_parser
+        from valora.server.cli import build_server
+
+        _, engine, _ = build_server(server_parser().parse_args(shlex.split(args.engine_args)))
+        sender = EngineSender(engine)
+    try:
+        return await replay(specs, sender, progress=not args.debug)
+    finally:
+        await sender.close()
+
+
+def parse_slos(items: list[str]) -> dict[str, float] | None:
+    slos = {}
+    for item in items:
+        name, _, value = item.partition(":")
+        if name not in ("ttft", "tpot", "e2el") or not value:
+            raise SystemExit(f"--slo {item!r}: use ttft:MS, tpot:MS or e2el:MS")
+        slos[name] = float(value)
+    return slos or None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    specs = workload(args)
+    print(json.dumps({"workload": workload_stats(specs)}), flush=True)
+    results, duration = asyncio.run(run(args, specs))
+    if args.debug:
+        for r in results:
+            print(json.dumps(r.to_json()))
+    summary = summarize(results, duration, slos=parse_slos(args.slo))
+    title = f"{args.label or 'replay'} {args.task} {args.req_rate} req/s"
+    print(format_summary(summary, title), flush=True)
+    header = {"label": args.label, "gpu": args.gpu, "command": " ".join(sys.argv),
+              "args": vars(args), "versions": _versions()}  # fmt: skip
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(args.out, results, summary, header)
+    return summary
+
+
+def _versions() -> dict:
+    import platform
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "triton", "httpx", "numpy"):
+        try:
+            out[name] = __import__(name).__version__
+        except ImportError:
+            continue
+    return out
+
+
+if __name__ == "__main__":
+    main()
