@@ -53,8 +53,14 @@ setup(
         ],
         "draw": ["matplotlib>=3.7"],
         # benchmarks/run_exp.py (trace replay client) and exp_suite.py's servers
-        "bench": ["httpx>=0.25", "fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5",
-                  "prometheus-client>=0.20", "matplotlib>=3.7"],
+        "bench": [
+            "httpx>=0.25",
+            "fastapi>=0.110",
+            "uvicorn>=0.29",
+            "pydantic>=2.5",
+            "prometheus-client>=0.20",
+            "matplotlib>=3.7",
+        ],
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "prometheus-client>=0.20"],
     },
     entry_points={
