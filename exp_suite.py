@@ -176,8 +176,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _wait_ready(proc, port: int, log_path, timeout_s: float = 900.0) -> None:
+    """Until the server answers /health; fails at once if its process exits."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = "".join(open(log_path).readlines()[-20:])
+            raise RuntimeError(f"the server exited ({proc.returncode}):\n{tail}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5):
+                return
+        except OSError:
+            time.sleep(1.0)
+    raise TimeoutError(f"the server did not answer /health within {timeout_s:.0f} s")
+
+
 def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: list[str],
-              policies: list[str] | None = None, rerun: bool = False) -> None:  # fmt: skip
+              policies: list[str] | None = None, rerun: bool = False,
+              match: str = "") -> None:  # fmt: skip
     """Start a server per configuration, replay each of its runs, stop it; skip runs whose
     result file exists unless ``rerun``."""
     import subprocess
@@ -186,7 +205,8 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
 
     root, out = Path(__file__).resolve().parent, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in SUITES[suite] if policies is None or r["server"]["scheduler"] in policies]
+    runs = [r for r in SUITES[suite] if match in r["name"]
+            and (policies is None or r["server"]["scheduler"] in policies)]  # fmt: skip
     for server, group in _server_groups(runs):
         todo = [r for r in group if rerun or not (out / f"{r['name']}.jsonl").exists()]
         if not todo:
@@ -197,6 +217,7 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
                *_flags(server), "--port", str(port)]  # fmt: skip
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
+            _wait_ready(proc, port, out / f"server_{todo[0]['name']}.log")
             for run in todo:
                 subprocess.run([sys.executable, str(root / "benchmarks/run_exp.py"),
                                 "--server", f"http://127.0.0.1:{port}", *client_args,
@@ -224,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--client-args", default="--duration 30", help="flags every replay gets")
     p.add_argument("--policies", nargs="+", choices=POLICIES)
     p.add_argument("--rerun", action="store_true", help="replay runs that have results already")
+    p.add_argument("--match", default="", help="only the runs whose name contains this")
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -231,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
             print(run["name"], _flags(run["server"]), _flags(run["client"]))
         return
     run_suite(args.suite, args.out_dir, shlex.split(args.server_args),
-              shlex.split(args.client_args), args.policies, args.rerun)  # fmt: skip
+              shlex.split(args.client_args), args.policies, args.rerun, args.match)  # fmt: skip
 
 
 if __name__ == "__main__":
