@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true")
+    p.add_argument("--warmup", default="auto", choices=["auto", "on", "off"],
+                   help="run warm-up requests before serving (auto: on a GPU, where kernels "
+                        "compile on first use)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scheduler", default="valora", choices=sorted(POLICIES))
     # LoRA
@@ -87,6 +90,10 @@ def build_server(args: argparse.Namespace):
               max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
               lora_backend=args.lora_backend, quantization=args.quantization,
               quant_merge=args.quant_merge)  # fmt: skip
+    if args.warmup == "on" or (args.warmup == "auto" and llm.engine.config.device != "cpu"):
+        from valora.warmup import warmup
+
+        print(f"warm-up: {warmup(llm.engine):.1f} s", flush=True)
     name = args.served_model_name or model
     media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
                         max_images_per_request=args.max_images_per_request)  # fmt: skip
