@@ -196,9 +196,10 @@ def _wait_ready(proc, port: int, log_path, timeout_s: float = 900.0) -> None:
 
 def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: list[str],
               policies: list[str] | None = None, rerun: bool = False,
-              match: str = "") -> None:  # fmt: skip
-    """Start a server per configuration, replay each of its runs, stop it; skip runs whose
-    result file exists unless ``rerun``."""
+              match: str = "", warmup_s: float = 10.0) -> None:  # fmt: skip
+    """Start a server per configuration, replay ``warmup_s`` seconds of its first run's workload
+    unrecorded, replay each of its runs, stop it; skip runs whose result file exists unless
+    ``rerun``."""
     import subprocess
     import sys
     from pathlib import Path
@@ -218,6 +219,11 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(proc, port, out / f"server_{todo[0]['name']}.log")
+            if warmup_s > 0:  # a replay nobody records: kernels compiled, caches warm
+                subprocess.run([sys.executable, str(root / "benchmarks/run_exp.py"),
+                                "--server", f"http://127.0.0.1:{port}", *client_args,
+                                *_flags(todo[0]["client"]), "--duration", str(warmup_s),
+                                "--seed", "7"], check=True)  # fmt: skip
             for run in todo:
                 subprocess.run([sys.executable, str(root / "benchmarks/run_exp.py"),
                                 "--server", f"http://127.0.0.1:{port}", *client_args,
@@ -246,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--policies", nargs="+", choices=POLICIES)
     p.add_argument("--rerun", action="store_true", help="replay runs that have results already")
     p.add_argument("--match", default="", help="only the runs whose name contains this")
+    p.add_argument("--warmup-s", type=float, default=10.0,
+                   help="unrecorded replay seconds per server before its runs")  # fmt: skip
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -253,7 +261,8 @@ def main(argv: list[str] | None = None) -> None:
             print(run["name"], _flags(run["server"]), _flags(run["client"]))
         return
     run_suite(args.suite, args.out_dir, shlex.split(args.server_args),
-              shlex.split(args.client_args), args.policies, args.rerun, args.match)  # fmt: skip
+              shlex.split(args.client_args), args.policies, args.rerun, args.match,
+              args.warmup_s)  # fmt: skip
 
 
 if __name__ == "__main__":
