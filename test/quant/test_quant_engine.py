@@ -112,6 +112,55 @@ def test_overlay_merge_switch_rewrites_only_from_the_quantized_weight():
     lora.switch(None)
 
 
+def register_partial(llm, name: str, targets: set[str], seed: int) -> None:
+    """A dummy adapter trained on ``targets`` only (as a PEFT q/v adapter leaves o, gate_up,
+    down alone)."""
+    from valora.adapters.peft_loader import dummy_adapter
+
+    lora = llm.engine.lora
+    cfg, dtype, towers = lora.model_config, lora.dtype, lora.config.towers
+
+    def source():
+        adapter = dummy_adapter(name, cfg, 8, seed, dtype, towers)
+        adapter.modules = {k: m for k, m in adapter.modules.items() if k[0] in targets}
+        assert adapter.modules  # the targets exist
+        return adapter
+
+    lora.registry.register(name, source, "partial dummy")
+
+
+@pytest.mark.parametrize("mode", ["merged", "mixture"])
+def test_partial_adapters_merge_into_overlays_and_match_unmerged(mode):
+    """Adapters that train some targets only: while one is merged every quantized layer runs on
+    its overlay, the untrained ones holding exactly their dequantized weight; a switch leaves no
+    delta of the previous adapter behind; tokens equal the always-unmerged engine's."""
+    llms = [
+        LLM("tiny", **QUANT_LORA),
+        LLM("tiny", scheduler="valora", policy_options={"force_mode": mode}, **QUANT_LORA),
+    ]
+    for llm in llms:
+        register_partial(llm, "qkv_only", {"qkv_proj"}, seed=11)
+        register_partial(llm, "down_only", {"down_proj"}, seed=12)
+    adapters = ["qkv_only", "qkv_only", "down_only", None]
+    want, got = (llm.generate(PROMPTS, GREEDY, lora=adapters, use_tqdm=False) for llm in llms)
+    assert tokens(got) == tokens(want)
+    lora = llms[1].engine.lora
+    assert lora.num_switches > 0
+    layer = llms[1].engine.model.model.layers[0]
+    qkv, down = layer.self_attn.qkv_proj.base, layer.mlp.down_proj.base
+    for name, merged, untouched, target in (("qkv_only", qkv, down, "qkv_proj"),
+                                            ("down_only", down, qkv, "down_proj")):  # fmt: skip
+        key = lora.resolve(name)
+        lora.switch(key)
+        module = lora.registry.weights(key).modules[(target, 0)]
+        delta = module.delta_weight(lora.pool.targets[target].spec.slice_offsets)
+        assert torch.allclose(merged.merged_weight - merged.weight, delta, atol=1e-6)
+        # the other layer computes on its overlay too, holding exactly W0 (no old delta)
+        assert torch.equal(untouched.merged_weight, untouched.weight)
+    lora.switch(None)
+    assert qkv.merged_weight is None and down.merged_weight is None
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("mode", ["merged", "mixture"])
 def test_gpu_overlay_merges_replay_their_own_decode_graphs(mode):

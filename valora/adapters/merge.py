@@ -8,9 +8,13 @@
   weights are bit-identical after any number of switches (no in-place add/sub drift);
 - a ``QuantLinear`` (quantized base): the quantized weight is never written. A dense overlay
   [N, K] (allocated once, like the pristine copies, only where the engine found the memory)
-  receives dequant(W_q) + c B A and the layer computes on it while merged
-  (``QuantLinear.merged_weight``); unmerging drops the overlay. The engine builds no merger on
-  a quantized base without the memory for the overlays (merge plans are then not carried out).
+  holds dequant(W_q) at all times, plus c B A for the layers the merged adapter trains. While
+  any adapter is merged *every* quantized target layer computes on its overlay
+  (``QuantLinear.merged_weight``), so eager steps and the decode graphs captured with all
+  overlays on (``overlays_active``) compute the same thing whichever layers the adapter
+  trains; unmerging switches them all back to the quantized kernels. The engine builds no
+  merger on a quantized base without the memory for the overlays (merge plans are then not
+  carried out).
 
 Switching from adapter m to m' rewrites only what either touches. The adapter's factors are read
 from the GPU pool rows, so a merged adapter stays pinned there.
@@ -34,7 +38,7 @@ Module = tuple[str, int]  # (target, layer)
 
 
 class _DenseSite:
-    """A dense weight merged in place; W0 kept aside."""
+    """A dense weight merged in place; W0 kept aside. The layer always computes on it."""
 
     def __init__(self, module: nn.Module) -> None:
         self.live = module.weight
@@ -43,7 +47,7 @@ class _DenseSite:
     def prepare(self) -> None:
         pass
 
-    def activate(self) -> None:
+    def use_overlay(self, on: bool) -> None:
         pass
 
     def restore(self) -> None:
@@ -51,22 +55,24 @@ class _DenseSite:
 
 
 class _OverlaySite:
-    """A quantized weight: merged into a dense overlay that the layer uses while merged."""
+    """A quantized weight: a dense overlay, W0 or W0 + delta, that the layer computes on while
+    any adapter is merged. Invariant: the overlay holds W0 unless this layer is merged."""
 
     def __init__(self, module: QuantLinear) -> None:
         self.module = module
         self.live = torch.empty(module.out_features, module.in_features, dtype=module.dtype,
                                 device=module.quantized.qweight.device)  # fmt: skip
         self.pristine = self.live  # merged in place after ``prepare`` wrote W0 into it
+        self.prepare()
 
     def prepare(self) -> None:
         self.module.dequantize_into(self.live)
 
-    def activate(self) -> None:
-        self.module.merged_weight = self.live
+    def use_overlay(self, on: bool) -> None:
+        self.module.merged_weight = self.live if on else None
 
     def restore(self) -> None:
-        self.module.merged_weight = None
+        self.prepare()
 
 
 def overlay_bytes(model: nn.Module, targets) -> int:
@@ -88,7 +94,8 @@ def _base_layer(model: nn.Module, path: str) -> nn.Module:
 
 class BaseWeightMerger:
     """Invariant: every (target, layer) not touched by ``merged`` computes with its base weight
-    (dense: the live weight equals the pristine copy bit for bit; quantized: no overlay)."""
+    (dense: the live weight equals the pristine copy bit for bit; quantized: the quantized
+    kernels when nothing is merged, else an overlay holding its dequantized weight)."""
 
     def __init__(self, model: nn.Module, pool: AdapterPool) -> None:
         self.pool = pool
@@ -122,15 +129,13 @@ class BaseWeightMerger:
     def overlays_active(self) -> Iterator[None]:
         """Every quantized site computing on its overlay (whatever it holds): for capturing the
         CUDA graphs of merged steps; the previous state comes back afterwards."""
-        overlays = [s for s in self.sites.values() if isinstance(s, _OverlaySite)]
-        before = [site.module.merged_weight for site in overlays]
-        for site in overlays:
-            site.activate()
+        for site in self.sites.values():
+            site.use_overlay(True)
         try:
             yield
         finally:
-            for site, weight in zip(overlays, before):
-                site.module.merged_weight = weight
+            for site in self.sites.values():
+                site.use_overlay(self.merged is not None)
 
     def switch(self, key: AdapterKey | None, adapter: LoRAAdapter | None) -> float:
         """Merge ``key`` (None: unmerge); returns the seconds taken (device work included)."""
@@ -140,6 +145,8 @@ class BaseWeightMerger:
             self.sites[module].restore()
         if key is not None:
             self._merge(adapter, self.pool.slot(key))
+        for site in self.sites.values():
+            site.use_overlay(key is not None)
         self.merged, self._merged_modules = key, new_modules
         if self.pool.device.type == "cuda":
             torch.cuda.synchronize(self.pool.device)
@@ -158,8 +165,9 @@ class BaseWeightMerger:
             offsets = buffers.spec.slice_offsets
             modules = [adapter.modules[(target, layer)] for layer in layers]
             sites = [self.sites[(target, layer)] for layer in layers]
-            for site in sites:
-                site.prepare()
+            for layer, site in zip(layers, sites):
+                if (target, layer) in self._merged_modules:  # holds the previous delta
+                    site.prepare()
             for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
                 self.merge_layers(SliceMerge(
                     outs=[site.live[lo:hi] for site in sites],
@@ -170,5 +178,3 @@ class BaseWeightMerger:
                             for layer, m in zip(layers, modules)],
                     scales=[m.scaling for m in modules],
                 ))  # fmt: skip
-            for site in sites:
-                site.activate()
