@@ -232,7 +232,11 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
                                check=True)  # fmt: skip
         finally:
             proc.terminate()
-            proc.wait(timeout=60)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
             log.close()
 
 

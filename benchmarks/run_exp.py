@@ -101,7 +101,11 @@ def workload(args) -> list:
 async def run(args, specs: list) -> tuple[list, float]:
     if args.server:
         sender = HttpSender(args.server)
-        await sender.connect()
+        try:
+            await sender.connect()
+        except BaseException:
+            await sender.close()
+            raise
     else:
         from valora.server.cli import build_parser as server_parser
         from valora.server.cli import build_server

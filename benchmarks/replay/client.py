@@ -117,9 +117,13 @@ class HttpSender:
                 if response.status_code != 200:
                     detail = (await response.aread()).decode(errors="replace")
                     raise RuntimeError(f"HTTP {response.status_code}: {detail[:300]}")
+                done = False
                 async for line in response.aiter_lines():
                     if _take_event(line, result, start):
+                        done = True
                         break
+            if not done:
+                raise RuntimeError("the stream ended without [DONE]")
             result.end_s = time.perf_counter() - start
             result.success = True
         except Exception as e:  # noqa: BLE001 (recorded: a failed request is a result)

@@ -116,3 +116,18 @@ def test_valora_on_a_quantized_base_merges_only_where_the_gain_pays_for_the_over
         policy.cost.coef = np.array([1e-3, 1e-6, 2e-5, 1e-5, 2e-3])
         decisions.append(policy.plan([], dominant, None, time.monotonic()).merged)
     assert decisions == [("h", 1), None]
+
+
+def test_overlay_term_is_fitted_only_next_to_steps_without_overlays_and_forget_resets():
+    """A window of overlay steps only cannot tell c0 from the overlay term: the prior stays;
+    ``forget`` (after the warm-up) drops every measurement."""
+    policy = make_policy("valora")
+    policy.bind(1000, overlay_merges=True)
+    rng = np.random.default_rng(2)
+    for _ in range(64):
+        t, lora, seg = rng.integers(1, 256), rng.integers(0, 256), rng.integers(0, 64)
+        policy.observe(StepRecord("mixture", int(t), int(lora), int(seg), 0.01 + 1e-5 * t))
+    assert policy.cost.coef[4] == 2e-3 and np.isclose(policy.cost.coef[0], 0.01)
+    policy.observe_switch(3.0)  # a first switch that compiled kernels
+    policy.forget()
+    assert policy.switch_seconds == 5e-3 and policy.cost.coef[0] == 2e-3

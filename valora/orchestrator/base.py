@@ -63,6 +63,10 @@ class Policy:
     def observe_switch(self, seconds: float) -> None:
         pass
 
+    def forget(self) -> None:
+        """Drop what was measured so far (after the warm-up, whose steps and switches include
+        kernel compilation)."""
+
 
 def demand(requests: Iterable[Request]) -> dict[AdapterKey | None, int]:
     """Number of requests per adapter (None: the base model)."""

@@ -64,7 +64,9 @@ class StepCostModel:
     def _refit(self) -> None:
         data = np.array(self._rows)
         x = np.column_stack([np.ones(len(data)), data[:, :4]])
-        fitted = 5 if data[:, 3].any() else 4  # no overlay step measured yet: keep its prior
+        # the overlay column is separable from the intercept only when the window holds steps
+        # with and without overlays; otherwise keep its prior
+        fitted = 5 if 0 < data[:, 3].sum() < len(data) else 4
         coef, *_ = np.linalg.lstsq(x[:, :fitted], data[:, 4], rcond=None)
         self.coef[:fitted] = np.maximum(coef, 0.0)  # costs are never negative
         self._since_fit = 0
@@ -155,6 +157,10 @@ class VaLoRAPolicy(Policy):
     def observe(self, record: StepRecord) -> None:
         overlay = self.overlay_merges and record.mode in ("merged", "mixture")
         self.cost.observe(record, overlay)
+
+    def forget(self) -> None:
+        self.cost = StepCostModel()
+        self.switch_seconds, self._num_switches = 5e-3, 0
 
     def observe_switch(self, seconds: float) -> None:
         self._num_switches += 1
