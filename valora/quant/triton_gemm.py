@@ -31,6 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
+from valora.quant.tuning import get_config
 from valora.quant.types import QuantizedWeight
 
 
@@ -260,8 +261,6 @@ def quant_matmul(x: torch.Tensor, w: QuantizedWeight, config: dict | None = None
     if x.stride(1) != 1:
         x = x.contiguous()
     if config is None:
-        from valora.quant.tuning import get_config
-
         config = get_config(m, n, k, w.bits, x.dtype, x.device)
     if config["kernel"] == "dequant":
         return x @ dequantize_kn(w, x.dtype)
