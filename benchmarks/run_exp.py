@@ -30,7 +30,13 @@ import numpy as np
 from replay import traces
 from replay.client import EngineSender, HttpSender, replay
 from replay.datasets import load_sharegpt4v
-from replay.metrics import format_summary, summarize, write_jsonl
+from replay.metrics import (
+    engine_stats_delta,
+    format_engine_stats,
+    format_summary,
+    summarize,
+    write_jsonl,
+)
 from replay.popularity import assign_adapters
 from replay.workload import build_workload, workload_stats
 
@@ -98,7 +104,8 @@ def workload(args) -> list:
                           max_output_tokens=args.max_output_tokens)  # fmt: skip
 
 
-async def run(args, specs: list) -> tuple[list, float]:
+async def run(args, specs: list) -> tuple[list, float, dict | None]:
+    """-> (results, wall seconds, the engine's step totals over the run)."""
     if args.server:
         sender = HttpSender(args.server)
         try:
@@ -113,7 +120,9 @@ async def run(args, specs: list) -> tuple[list, float]:
         _, engine, _ = build_server(server_parser().parse_args(shlex.split(args.engine_args)))
         sender = EngineSender(engine)
     try:
-        return await replay(specs, sender, progress=not args.debug)
+        before = await sender.engine_stats()
+        results, duration = await replay(specs, sender, progress=not args.debug)
+        return results, duration, engine_stats_delta(before, await sender.engine_stats())
     finally:
         await sender.close()
 
@@ -132,15 +141,17 @@ def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     specs = workload(args)
     print(json.dumps({"workload": workload_stats(specs)}), flush=True)
-    results, duration = asyncio.run(run(args, specs))
+    results, duration, engine_stats = asyncio.run(run(args, specs))
     if args.debug:
         for r in results:
             print(json.dumps(r.to_json()))
     summary = summarize(results, duration, slos=parse_slos(args.slo))
     title = f"{args.label or 'replay'} {args.task} {args.req_rate} req/s"
     print(format_summary(summary, title), flush=True)
+    print(format_engine_stats(engine_stats), flush=True)
     header = {"label": args.label, "gpu": args.gpu, "command": " ".join(sys.argv),
-              "args": vars(args), "versions": _versions()}  # fmt: skip
+              "args": vars(args), "versions": _versions(),
+              "engine_stats": engine_stats}  # fmt: skip
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(args.out, results, summary, header)

@@ -19,6 +19,7 @@ from valora.adapters.merge import overlay_bytes
 from valora.block_manager import BlockManager
 from valora.config import ModelConfig, is_model_setting
 from valora.cuda_graphs import DecodeGraphs, GraphForward, capture_sizes
+from valora.engine_stats import EngineStats
 from valora.forward import EagerForward
 from valora.inputs import PromptType, build_request
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
@@ -87,6 +88,7 @@ class LLMEngine:
                                   lora=self.lora)  # fmt: skip
         self.outputs = OutputProcessor(self.tokenizer, max_len)
         self._requests: dict[str, Request] = {}  # unfinished requests by id
+        self.stats = EngineStats()
 
     def _quantize(self) -> None:
         """Weight-only quantization of the LM linears (RTN from the loaded weights: the dummy
@@ -238,7 +240,9 @@ class LLMEngine:
             return []
         start = time.perf_counter()
         sampled = self.runner.execute(sched)  # ends with the sampled tokens on the host
-        self.policy.observe(self.runner.step_record(time.perf_counter() - start))
+        record = self.runner.step_record(time.perf_counter() - start)
+        self.policy.observe(record)
+        self.stats.record_step(record)
         ready = self.scheduler.update(sched)
         outputs = (self._append(request, sampled[request.request_id]) for request in ready)
         return [out for out in outputs if out is not None]
@@ -251,7 +255,9 @@ class LLMEngine:
                                 time.monotonic())  # fmt: skip
         if self.lora is not None and self.lora.merger is not None:
             if plan.merged != self.lora.merged:
-                self.policy.observe_switch(self.lora.switch(plan.merged))
+                seconds = self.lora.switch(plan.merged)
+                self.policy.observe_switch(seconds)
+                self.stats.record_switch(seconds)
         out = sched.schedule(plan.hold)
         if out.is_empty and plan.hold is not None and sched.num_unfinished:
             out = sched.schedule()

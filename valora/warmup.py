@@ -6,11 +6,16 @@ A few synthetic requests go through the normal engine path together: prompts of 
 unmerged segments; with a merging policy, the merge and the mixture corrections), two with an
 image (the vision tower), each decoding a few tokens (the decode graphs). They finish and free
 their blocks like any request; the policy then forgets what it measured (compile time).
+
+Before them, a LoRA backend with adaptive tiling (ATMM) compiles every config its table can pick
+for each target's shape (``precompile``): the requests reach only some of the buckets, and a
+bucket first met under load would stall its step for the compile.
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -19,10 +24,18 @@ from valora.engine import LLMEngine
 from valora.sampling_params import SamplingParams
 
 
+class WarmupReport(NamedTuple):
+    seconds: float  # in all
+    compile_seconds: float  # of which precompiling the LoRA kernels
+    lora_configs: int  # LoRA kernel configs precompiled
+
+
 def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
-           num_adapters: int = 3, decode_tokens: int = 4) -> float:  # fmt: skip
-    """Run the warm-up requests to completion; returns the seconds taken."""
+           num_adapters: int = 3, decode_tokens: int = 4) -> WarmupReport:  # fmt: skip
+    """Precompile the LoRA kernels, then run the warm-up requests to completion."""
     start = time.perf_counter()
+    configs = precompile_lora(engine)
+    compiled = time.perf_counter()
     names = engine.lora.registry.names()[:num_adapters] if engine.lora is not None else []
     adapters = [None, *names]
     capacity = engine.block_manager.num_blocks * engine.block_manager.block_size
@@ -40,7 +53,25 @@ def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
     while engine.has_unfinished():
         engine.step()
     engine.policy.forget()  # its steps and switches include compile time
-    return time.perf_counter() - start
+    return WarmupReport(time.perf_counter() - start, compiled - start, configs)
+
+
+def precompile_lora(engine: LLMEngine) -> int:
+    """Compile the LoRA kernels of every bucket a step can reach, per target shape (configs
+    depend on the shape only, so layer 0 stands for all); returns the configs compiled."""
+    lora = engine.lora
+    backend = lora.runtime.backend if lora is not None else None
+    if not hasattr(backend, "precompile"):
+        return 0
+    tokens = engine.scheduler.config.max_num_batched_tokens
+    seqs = engine.scheduler.config.max_num_seqs
+    patches = tokens * engine.model_config.vision.spatial_merge_size**2
+    limits = {"language": (tokens, seqs), "vision": (patches, 2), "merger": (tokens, 2)}
+    count = 0
+    for buffers in lora.pool.targets.values():
+        max_tokens, max_segments = limits[buffers.spec.row_group]
+        count += backend.precompile(buffers.weights[0], max_tokens, max_segments)
+    return count
 
 
 def _image_prompt(engine: LLMEngine) -> dict:

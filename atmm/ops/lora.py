@@ -11,6 +11,7 @@ import torch
 
 from atmm.ops.expand import launch_expand
 from atmm.ops.fused import launch_fused
+from atmm.ops.precompile import precompile
 from atmm.ops.shrink import launch_shrink
 from atmm.tuning import fused_config, get_config
 from atmm.types import LoRASegments, LoRAWeights, check_call
@@ -104,3 +105,8 @@ class ATMMBackend:
 
     def expand(self, v: torch.Tensor, y: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> None:
         lora_expand(v, y, w, segs)
+
+    def precompile(self, w: LoRAWeights, max_tokens: int, max_segments: int) -> int:
+        """Compile every shrink and expand config ``w``'s shape can use (``atmm.ops.precompile``;
+        the halves, as the engine calls them on CUDA); returns how many."""
+        return precompile(w, max_tokens, max_segments, w.a.dtype)

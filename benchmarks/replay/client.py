@@ -9,6 +9,10 @@ Two senders behind one interface, ``await sender(spec, clock) -> RequestResult``
 - ``EngineSender``: an in-process ``LLMEngine`` behind ``AsyncEngine`` (no HTTP): the same chat
   prompt, DELTA outputs.
 
+Both also read the engine's step totals (``await sender.engine_stats()``: steps, step seconds
+and tokens per LoRA mode, switches; ``valora.engine_stats``), from ``GET /metrics`` or the engine;
+a run diffs the totals taken before and after it.
+
 A chunk time is taken when output text arrives (vLLM's benchmark convention). ``replay`` starts
 every request at ``start + arrival_s`` regardless of how the earlier ones are doing (open loop).
 """
@@ -102,6 +106,15 @@ class HttpSender:
     async def close(self) -> None:
         await self.client.aclose()
 
+    async def engine_stats(self) -> dict | None:
+        """The step totals from the server's Prometheus text; None if it has no /metrics."""
+        try:
+            response = await self.client.get(f"{self.server}/metrics")
+            response.raise_for_status()
+        except Exception:  # noqa: BLE001 (optional: a server without metrics still replays)
+            return None
+        return stats_from_prometheus(response.text)
+
     def body(self, spec: RequestSpec) -> dict:
         return {
             "model": spec.adapter or self.base_model, "messages": chat_messages(spec),
@@ -130,6 +143,26 @@ class HttpSender:
             result.error = f"{type(e).__name__}: {e}"
         _fill_chunkless(result)
         return result
+
+
+def stats_from_prometheus(text: str) -> dict:
+    """``valora.engine_stats`` snapshot fields from the exposition text (counters by mode)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    stats: dict = {"steps": {}, "step_seconds": {}, "step_tokens": {}, "switches": 0,
+                   "switch_seconds": 0.0}  # fmt: skip
+    by_mode = {"valora_steps": "steps", "valora_step_seconds": "step_seconds",
+               "valora_step_tokens": "step_tokens"}  # fmt: skip
+    totals = {"valora_mode_switches": "switches", "valora_switch_seconds": "switch_seconds"}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if not sample.name.endswith("_total"):
+                continue
+            if family.name in by_mode:
+                stats[by_mode[family.name]][sample.labels["mode"]] = sample.value
+            elif family.name in totals:
+                stats[totals[family.name]] = sample.value
+    return stats
 
 
 def _take_event(line: str, result: RequestResult, start: float) -> bool:
@@ -173,6 +206,9 @@ class EngineSender:
 
     async def close(self) -> None:
         self.async_engine.shutdown()
+
+    async def engine_stats(self) -> dict:
+        return self.async_engine.engine.stats.snapshot()
 
     def prompt(self, spec: RequestSpec) -> dict:
         from PIL import Image

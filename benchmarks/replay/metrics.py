@@ -262,6 +262,33 @@ def format_summary(summary: dict, title: str = "Serving Benchmark Result") -> st
     return "\n".join(line.rstrip() for line in lines)
 
 
+def engine_stats_delta(before: dict | None, after: dict | None) -> dict | None:
+    """What the engine did during a run: ``after - before`` of two step-total snapshots, plus
+    each mode's mean step milliseconds and the mean switch milliseconds."""
+    if before is None or after is None:
+        return None
+    out: dict = {}
+    for key in ("steps", "step_seconds", "step_tokens"):
+        out[key] = {m: after[key].get(m, 0) - before[key].get(m, 0) for m in after[key]}
+    for key in ("switches", "switch_seconds"):
+        out[key] = after[key] - before[key]
+    out["mean_step_ms"] = {m: 1e3 * out["step_seconds"][m] / n
+                           for m, n in out["steps"].items() if n}  # fmt: skip
+    switches = out["switches"]
+    out["mean_switch_ms"] = 1e3 * out["switch_seconds"] / switches if switches else None
+    return out
+
+
+def format_engine_stats(stats: dict | None) -> str:
+    if not stats:
+        return "engine: no step totals (the server has no /metrics)"
+    modes = ", ".join(f"{m} {int(n)} steps ({stats['mean_step_ms'][m]:.1f} ms)"
+                      for m, n in stats["steps"].items() if n)  # fmt: skip
+    switch = (f", {int(stats['switches'])} switches ({stats['mean_switch_ms']:.1f} ms)"
+              if stats["switches"] else "")  # fmt: skip
+    return f"engine: {modes or 'no steps'}{switch}"
+
+
 def write_jsonl(path: str | Path, results: Iterable[RequestResult], summary: dict,
                 header: dict) -> None:  # fmt: skip
     """One line per request, then ``{"summary": summary, **header}`` (the run's description:

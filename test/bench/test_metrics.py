@@ -8,7 +8,15 @@ import math
 
 import pytest
 
-from replay.metrics import RequestResult, format_summary, read_jsonl, summarize, write_jsonl
+from replay.metrics import (
+    RequestResult,
+    engine_stats_delta,
+    format_engine_stats,
+    format_summary,
+    read_jsonl,
+    summarize,
+    write_jsonl,
+)
 
 DURATION_S = 10.0
 
@@ -197,3 +205,43 @@ def test_format_summary_key_lines():
     ):
         assert expected in lines, expected
     assert "Time per Output Token (excl. 1st token)" in text
+
+
+def test_engine_stats_delta_and_line():
+    before = {"steps": {"unmerged": 10, "merged": 0}, "step_seconds": {"unmerged": 0.5,
+              "merged": 0.0}, "step_tokens": {"unmerged": 100, "merged": 0}, "switches": 1,
+              "switch_seconds": 0.01}  # fmt: skip
+    after = {"steps": {"unmerged": 14, "merged": 2}, "step_seconds": {"unmerged": 0.7,
+             "merged": 0.06}, "step_tokens": {"unmerged": 120, "merged": 8}, "switches": 3,
+             "switch_seconds": 0.05}  # fmt: skip
+    delta = engine_stats_delta(before, after)
+    assert delta["steps"] == {"unmerged": 4, "merged": 2}
+    assert delta["step_tokens"] == {"unmerged": 20, "merged": 8}
+    assert delta["mean_step_ms"] == pytest.approx({"unmerged": 50.0, "merged": 30.0})
+    assert delta["switches"] == 2 and delta["mean_switch_ms"] == pytest.approx(20.0)
+    line = format_engine_stats(delta)
+    assert "unmerged 4 steps (50.0 ms)" in line and "2 switches (20.0 ms)" in line
+    assert engine_stats_delta(None, after) is None
+    assert "no step totals" in format_engine_stats(None)
+
+
+def test_engine_stats_from_the_prometheus_text():
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily
+
+    from replay.client import stats_from_prometheus
+
+    class Fake:
+        def collect(self):
+            steps = CounterMetricFamily("valora_steps", "d", labels=["mode"])
+            steps.add_metric(["unmerged"], 7)
+            steps.add_metric(["mixture"], 2)
+            yield steps
+            yield CounterMetricFamily("valora_mode_switches", "d", value=3)
+            yield CounterMetricFamily("valora_switch_seconds", "d", value=0.25)
+
+    registry = CollectorRegistry()
+    registry.register(Fake())
+    stats = stats_from_prometheus(generate_latest(registry).decode())
+    assert stats["steps"] == {"unmerged": 7, "mixture": 2}
+    assert stats["switches"] == 3 and stats["switch_seconds"] == 0.25

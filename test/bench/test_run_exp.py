@@ -42,6 +42,13 @@ def test_twenty_second_replay_against_the_tiny_server(tmp_path):
     assert {r["adapter"] for r in requests} <= {"lora0", "lora1", "lora2", "lora3"}
     assert summary["avg_latency_per_token_s"] > 0 and summary["mean_ttft_ms"] > 0
     assert record["args"]["task"] == "vqa" and "command" in record
+    # the engine's step totals over the run, read from /metrics: every output token after the
+    # first is one decode row of some step, and every step is counted under one mode
+    stats = record["engine_stats"]
+    decode_rows = sum(r["output_tokens"] - 1 for r in requests)
+    assert sum(stats["step_tokens"].values()) >= decode_rows + len(requests)
+    assert sum(stats["steps"].values()) >= max(r["output_tokens"] for r in requests)
+    assert all(stats["mean_step_ms"][m] > 0 for m, n in stats["steps"].items() if n)
 
 
 def test_vat_replay_on_the_in_process_engine(tmp_path):
@@ -54,3 +61,5 @@ def test_vat_replay_on_the_in_process_engine(tmp_path):
     assert all(r["success"] and r["num_images"] == 6 and r["output_tokens"] == 1
                for r in requests)  # fmt: skip
     assert record["summary"]["completed"] == 8
+    stats = record["engine_stats"]  # from the engine itself; a prefill computes >= 1 token
+    assert sum(stats["steps"].values()) >= 1 and sum(stats["step_tokens"].values()) >= 8

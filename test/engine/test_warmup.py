@@ -4,17 +4,39 @@ image, and leave the engine as they found it: no request, every block free."""
 from __future__ import annotations
 
 from valora.llm import LLM
-from valora.warmup import warmup
+from valora.warmup import precompile_lora, warmup
 
 
 def test_warmup_runs_adapters_and_images_and_frees_everything():
     llm = LLM("tiny", device="cpu", num_token=8192, num_dummy_adapters=3, lora_backend="torch",
               scheduler="valora")  # fmt: skip
     engine = llm.engine
-    seconds = warmup(engine, lengths=(16, 64))
-    assert seconds > 0 and not engine.has_unfinished() and not engine._requests
+    report = warmup(engine, lengths=(16, 64))
+    assert report.seconds > 0 and report.lora_configs == 0  # the torch loop compiles nothing
+    assert not engine.has_unfinished() and not engine._requests
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     assert engine.scheduler.num_unfinished == 0
     assert engine.lora.pool.stats.loads + engine.lora.pool.stats.prefetches >= 3  # adapters ran
     out = llm.generate(["hello"], use_tqdm=False)  # serving goes on normally afterwards
     assert out[0].outputs[0].token_ids
+
+
+def test_precompile_covers_every_target_with_the_atmm_backend():
+    from atmm.ops.precompile import distinct_configs
+
+    # the Triton interpreter on CPU: one-row launches of the tiny model's shapes
+    llm = LLM("tiny", device="cpu", num_token=4096, num_dummy_adapters=2, lora_backend="atmm")
+    engine = llm.engine
+    sched = engine.scheduler.config
+    expected = 0
+    for buffers in engine.lora.pool.targets.values():
+        w = buffers.weights[0]
+        language = buffers.spec.row_group == "language"
+        tokens = sched.max_num_batched_tokens * (1 if buffers.spec.row_group != "vision" else 4)
+        configs = distinct_configs(w, tokens, sched.max_num_seqs if language else 2,
+                                   w.a.dtype, w.a.device)  # fmt: skip
+        expected += len(configs["shrink"]) + len(configs["expand"])
+    assert precompile_lora(engine) == expected > 0
+    torch_engine = LLM("tiny", device="cpu", num_token=4096, num_dummy_adapters=2,
+                       lora_backend="torch").engine  # fmt: skip
+    assert precompile_lora(torch_engine) == 0  # nothing to compile for the torch loop

@@ -73,6 +73,10 @@ def test_merged_modes_on_a_quantized_base_use_overlays_and_match_unmerged(mode):
     outs = llm.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
     assert llm.engine.lora.num_switches > 0 and llm.engine.lora.merger.has_overlays
     assert tokens(outs) == tokens(plain)
+    stats = llm.engine.stats  # the step totals the metrics endpoint exports
+    assert stats.switches == llm.engine.lora.num_switches and stats.switch_seconds > 0
+    assert stats.steps[mode] > 0 and stats.step_seconds[mode] > 0
+    assert sum(stats.step_tokens.values()) >= sum(len(t) - 1 for t in tokens(outs)) + 4
     assert torch.equal(qkv.quantized.qweight, packed)
     if llm.engine.lora.merged is not None:  # the overlay holds W + delta while merged
         assert qkv.merged_weight is not None

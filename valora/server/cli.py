@@ -93,7 +93,12 @@ def build_server(args: argparse.Namespace):
     if args.warmup == "on" or (args.warmup == "auto" and llm.engine.config.device != "cpu"):
         from valora.warmup import warmup
 
-        print(f"warm-up: {warmup(llm.engine):.1f} s", flush=True)
+        report = warmup(llm.engine)
+        print(
+            f"warm-up: {report.seconds:.1f} s ({report.lora_configs} LoRA kernel configs "
+            f"compiled in {report.compile_seconds:.1f} s)",
+            flush=True,
+        )
     name = args.served_model_name or model
     media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
                         max_images_per_request=args.max_images_per_request)  # fmt: skip

@@ -42,6 +42,22 @@ class EngineCollector:
             ("valora_mode_switches", "Merged-adapter switches", lora and lora.num_switches),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value or 0)
+        yield from _step_families(e.stats.snapshot())
+
+
+def _step_families(stats: dict):
+    """Steps, step seconds and step tokens per LoRA mode; switches and their seconds."""
+    for key, name, doc in (
+        ("steps", "valora_steps", "Engine steps by LoRA mode"),
+        ("step_seconds", "valora_step_seconds", "Seconds spent in engine steps by LoRA mode"),
+        ("step_tokens", "valora_step_tokens", "Tokens computed in engine steps by LoRA mode"),
+    ):
+        family = CounterMetricFamily(name, doc, labels=["mode"])
+        for mode, value in stats[key].items():
+            family.add_metric([mode], value)
+        yield family
+    yield CounterMetricFamily("valora_switch_seconds", "Seconds spent switching the merged "
+                              "adapter", value=stats["switch_seconds"])  # fmt: skip
 
 
 class ServerMetrics:
