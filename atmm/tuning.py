@@ -5,7 +5,8 @@ to a power of two, K for the shrink or N for the expand, number of slices, max_r
 measured offline by ``python -m atmm.tune`` on one GPU and dtype and shipped as JSON in
 ``atmm/configs/`` (file name: the GPU name and the dtype). At run time the table of the current
 GPU and dtype is loaded once; a bucket it lacks (or a GPU with no table) gets ``default_config``,
-a safe heuristic.
+a safe heuristic, evaluated at the bucket's upper corner so that it too is one config per bucket
+(what ``atmm.ops.precompile`` relies on).
 
 A config is a dict: ``path`` ("tile" | "gemv"), ``BLOCK_M`` (tile only), ``BLOCK_K``, ``BLOCK_R``
 (shrink) or ``BLOCK_N`` and ``N_TILES`` (expand), ``SPLIT_K`` (shrink), ``num_warps``,
@@ -65,7 +66,10 @@ def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slice
     table = _table(device_name(device), dtype)
     if key in table:
         return table[key]
-    return default_config(op, max_seg_len, num_segments, dim, num_slices, max_rank, device)
+    # the default of the bucket's upper corner: one config per bucket, as with a table (a
+    # config per exact shape would make Triton compile afresh for every new segment count)
+    m, s = _pow2_ceil(max_seg_len), _pow2_ceil(num_segments)
+    return default_config(op, m, s, dim, num_slices, max_rank, device)
 
 
 @cache

@@ -8,8 +8,9 @@ image (the vision tower), each decoding a few tokens (the decode graphs). They f
 their blocks like any request; the policy then forgets what it measured (compile time).
 
 Before them, a LoRA backend with adaptive tiling (ATMM) compiles every config its table can pick
-for each target's shape (``precompile``): the requests reach only some of the buckets, and a
-bucket first met under load would stall its step for the compile.
+for each target's shape (``precompile_lora``), and a quantized base runs each distinct quantized
+linear once per M bucket of its table (``precompile_quant``): the requests reach only some of the
+buckets, and a bucket first met under load would stall its step for the compile.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from valora.engine import LLMEngine
@@ -27,14 +29,14 @@ from valora.sampling_params import SamplingParams
 class WarmupReport(NamedTuple):
     seconds: float  # in all
     compile_seconds: float  # of which precompiling the LoRA kernels
-    lora_configs: int  # LoRA kernel configs precompiled
+    kernel_configs: int  # LoRA configs and quantized-GEMM buckets precompiled
 
 
 def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
            num_adapters: int = 3, decode_tokens: int = 4) -> WarmupReport:  # fmt: skip
     """Precompile the LoRA kernels, then run the warm-up requests to completion."""
     start = time.perf_counter()
-    configs = precompile_lora(engine)
+    configs = precompile_lora(engine) + precompile_quant(engine)
     compiled = time.perf_counter()
     names = engine.lora.registry.names()[:num_adapters] if engine.lora is not None else []
     adapters = [None, *names]
@@ -72,6 +74,28 @@ def precompile_lora(engine: LLMEngine) -> int:
         max_tokens, max_segments = limits[buffers.spec.row_group]
         count += backend.precompile(buffers.weights[0], max_tokens, max_segments)
     return count
+
+
+def precompile_quant(engine: LLMEngine) -> int:
+    """One call per M bucket of each distinct quantized linear shape on the GPU (each bucket has
+    its own kernel config); returns the calls made."""
+    from valora.quant.linear import QuantLinear
+    from valora.quant.triton_gemm import quant_matmul
+    from valora.quant.tuning import M_BUCKETS
+
+    seen = set()
+    for module in engine.model.modules():
+        if not isinstance(module, QuantLinear) or not module.quantized.qweight.is_cuda:
+            continue
+        q = module.quantized
+        shape = (q.out_features, q.in_features, q.bits, q.group_size, q.g_idx is not None)
+        if shape in seen:
+            continue
+        seen.add(shape)
+        for m in M_BUCKETS:
+            x = torch.zeros(m, q.in_features, dtype=module.dtype, device=q.qweight.device)
+            quant_matmul(x, q)
+    return len(seen) * len(M_BUCKETS)
 
 
 def _image_prompt(engine: LLMEngine) -> dict:

@@ -3,8 +3,11 @@ image, and leave the engine as they found it: no request, every block free."""
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from valora.llm import LLM
-from valora.warmup import precompile_lora, warmup
+from valora.warmup import precompile_lora, precompile_quant, warmup
 
 
 def test_warmup_runs_adapters_and_images_and_frees_everything():
@@ -12,7 +15,7 @@ def test_warmup_runs_adapters_and_images_and_frees_everything():
               scheduler="valora")  # fmt: skip
     engine = llm.engine
     report = warmup(engine, lengths=(16, 64))
-    assert report.seconds > 0 and report.lora_configs == 0  # the torch loop compiles nothing
+    assert report.seconds > 0 and report.kernel_configs == 0  # the torch loop compiles nothing
     assert not engine.has_unfinished() and not engine._requests
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     assert engine.scheduler.num_unfinished == 0
@@ -40,3 +43,25 @@ def test_precompile_covers_every_target_with_the_atmm_backend():
     torch_engine = LLM("tiny", device="cpu", num_token=4096, num_dummy_adapters=2,
                        lora_backend="torch").engine  # fmt: skip
     assert precompile_lora(torch_engine) == 0  # nothing to compile for the torch loop
+
+
+@pytest.mark.gpu
+def test_quantized_gemm_buckets_compile_at_warmup():
+    from valora.quant import triton_gemm
+
+    engine = LLM("tiny", device="cuda", quantization="w4a16", num_token=4096).engine
+    calls = precompile_quant(engine)
+    assert calls > 0
+    kernels = [k for k in vars(triton_gemm).values() if hasattr(k, "device_caches")]
+    index = torch.cuda.current_device()
+
+    def compiled() -> int:
+        return sum(len(k.device_caches[index][0]) for k in kernels)
+
+    count = compiled()
+    for m in (2, 5, 13, 31, 40, 77, 100, 300, 2000):
+        for module in engine.model.modules():
+            if hasattr(module, "quantized"):
+                module(torch.randn(m, module.in_features, dtype=module.dtype, device="cuda"))
+    torch.cuda.synchronize()
+    assert compiled() == count

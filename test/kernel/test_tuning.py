@@ -44,7 +44,7 @@ def test_lookup_uses_the_table_and_falls_back_to_the_default(table_dir):
     path.write_text(json.dumps({"configs": configs}))
     assert tuning.get_config("shrink", 2, 3, 32, 1, 16, torch.float32, CPU) == tuned
     other = tuning.get_config("shrink", 64, 3, 32, 1, 16, torch.float32, CPU)
-    assert other == tuning.default_config("shrink", 64, 3, 32, 1, 16, CPU)
+    assert other == tuning.default_config("shrink", 64, 4, 32, 1, 16, CPU)  # the bucket's corner
     assert tuning.fused_config(2, 3, 32, 16, 1, 16, torch.float32, CPU) == fused
     assert tuning.fused_config(2, 9, 32, 16, 1, 16, torch.float32, CPU) is None  # lost
     assert tuning.fused_config(2, 3, 32, 16, 1, 16, torch.float16, CPU) is None  # no table
@@ -57,3 +57,22 @@ def test_tuner_keeps_the_fused_kernel_only_where_it_beats_the_pair():
     assert _fused_or_separate(table, config, 0.008, 64, [48], 16, 1, 4) == config
     assert _fused_or_separate(table, config, 0.010, 64, [48], 16, 1, 4)["path"] == "separate"
     assert _fused_or_separate({}, config, 0.001, 64, [48], 16, 1, 4)["path"] == "separate"
+
+
+def test_the_default_is_one_config_per_bucket(table_dir, monkeypatch):
+    """Untuned shapes on a GPU: every call of a bucket gets the same config (else Triton would
+    compile a new kernel per segment count), and it differs between buckets where it should."""
+    monkeypatch.setattr(tuning, "device_name", lambda device: "a gpu with no table")
+    gpu = torch.device("cuda")  # only its type is read
+    for op, dim in (("shrink", 3584), ("expand", 4608)):
+        for m, s in ((1, 5), (3, 17), (100, 3), (700, 2)):
+            bucket = tuning.get_config(op, m, s, dim, 3, 64, torch.bfloat16, gpu)
+            corner = tuning.default_config(op, tuning._pow2_ceil(m), tuning._pow2_ceil(s), dim,
+                                           3, 64, gpu)  # fmt: skip
+            assert bucket == corner
+            for m2 in range(tuning._pow2_ceil(m) // 2 + 1, tuning._pow2_ceil(m) + 1):
+                assert tuning.get_config(op, m2, s, dim, 3, 64, torch.bfloat16, gpu) == bucket
+    # split-K follows the bucket's segment count (more segments, fewer splits)
+    few = tuning.get_config("shrink", 1, 1, 3584, 1, 64, torch.bfloat16, gpu)
+    many = tuning.get_config("shrink", 1, 64, 3584, 1, 64, torch.bfloat16, gpu)
+    assert few["SPLIT_K"] > many["SPLIT_K"]

@@ -109,3 +109,25 @@ def test_tuned_table_entries_are_correct():
     for key, config in table.items():
         bits, n, k, m = (int(part[1:]) for part in key.split("|"))
         check(m, n, k, bits, 128, False, torch.bfloat16, "cuda", config)
+
+
+def test_untuned_default_is_one_config_per_m_bucket(monkeypatch):
+    """Every M of a bucket gets the bucket's config (else each new batch size would compile a
+    new kernel); M = 1 keeps the gemv."""
+    from valora.quant import tuning
+
+    monkeypatch.setattr(tuning, "device_name", lambda device: "a gpu with no table")
+    monkeypatch.setattr(tuning, "_num_sms", lambda device: 132)
+    tuning.get_config.cache_clear()
+    gpu = torch.device("cuda")  # only its type is read
+    try:
+        assert tuning.get_config(1, 4608, 3584, 4, torch.bfloat16, gpu)["kernel"] == "gemv"
+        previous = 1
+        for bucket in tuning.M_BUCKETS[1:]:
+            configs = [tuning.get_config(m, 4608, 3584, 4, torch.bfloat16, gpu)
+                       for m in range(previous + 1, bucket + 1)]  # fmt: skip
+            assert all(c == configs[-1] for c in configs), bucket
+            assert configs[-1] == tuning.default_config(bucket, 4608, 3584, 132)
+            previous = bucket
+    finally:
+        tuning.get_config.cache_clear()

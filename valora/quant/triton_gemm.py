@@ -165,7 +165,7 @@ def _qgemv_kernel(
                   split_k, SPLITS)  # fmt: skip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M"])  # one binary for every M (no M % 16 variant)
 def _qgemm_kernel(
     x_ptr, qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, K, group_size, k_per_split, split_k, stride_xm, stride_ym,

@@ -56,7 +56,9 @@ def get_config(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
     entry = _table(device_name(device), dtype).get(bucket_key(bits, n, k, m))
     if entry is not None and (entry["kernel"] != "gemv" or m == 1):
         return entry
-    return default_config(m, n, k, _num_sms(device))
+    # the default of the bucket's upper M: one config per bucket (a config per exact M would
+    # make Triton compile afresh for every new batch size)
+    return default_config(1 if m == 1 else m_bucket(m), n, k, _num_sms(device))
 
 
 def default_config(m: int, n: int, k: int, num_sms: int) -> dict:

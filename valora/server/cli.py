@@ -95,7 +95,7 @@ def build_server(args: argparse.Namespace):
 
         report = warmup(llm.engine)
         print(
-            f"warm-up: {report.seconds:.1f} s ({report.lora_configs} LoRA kernel configs "
+            f"warm-up: {report.seconds:.1f} s ({report.kernel_configs} kernel configs "
             f"compiled in {report.compile_seconds:.1f} s)",
             flush=True,
         )
