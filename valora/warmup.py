@@ -5,7 +5,8 @@ A few synthetic requests go through the normal engine path together: prompts of 
 (prefill buckets of the LoRA kernels, chunked prefill), the base model and a few adapters (the
 unmerged segments; with a merging policy, the merge and the mixture corrections), two with an
 image (the vision tower), each decoding a few tokens (the decode graphs). They finish and free
-their blocks like any request; the policy then forgets what it measured (compile time).
+their blocks like any request; with a merging policy one adapter is then merged and unmerged
+(the merge kernels); the policy then forgets what it measured (compile time).
 
 Before them, a LoRA backend with adaptive tiling (ATMM) compiles every config its table can pick
 for each target's shape (``precompile_lora``), and a quantized base runs each distinct quantized
@@ -54,6 +55,9 @@ def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
         engine.add_request(f"warmup-{i}", prompt, params, adapter)
     while engine.has_unfinished():
         engine.step()
+    if names and engine.lora.merger is not None:  # the merge kernels (a policy may not merge yet)
+        engine.lora.switch(engine.lora.resolve(names[0]))
+        engine.lora.switch(None)
     engine.policy.forget()  # its steps and switches include compile time
     return WarmupReport(time.perf_counter() - start, compiled - start, configs)
 

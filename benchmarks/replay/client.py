@@ -194,6 +194,17 @@ def _fill_chunkless(result: RequestResult) -> None:
         result.output_tokens = len(result.chunk_s)
 
 
+def engine_prompt(tokenizer, spec: RequestSpec) -> dict:
+    """The engine's prompt for a request: the chat template over its images and text."""
+    from PIL import Image
+
+    parts = [{"type": "image"} for _ in spec.image_paths]
+    parts.append({"type": "text", "text": spec.prompt})
+    text = tokenizer.apply_chat_template([{"role": "user", "content": parts}])
+    images = [Image.open(p).convert("RGB") for p in spec.image_paths]
+    return {"prompt": text, "multi_modal_data": {"image": images}}
+
+
 class EngineSender:
     """The in-process engine: requests go straight to ``AsyncEngine`` (no HTTP)."""
 
@@ -211,13 +222,7 @@ class EngineSender:
         return self.async_engine.engine.stats.snapshot()
 
     def prompt(self, spec: RequestSpec) -> dict:
-        from PIL import Image
-
-        parts = [{"type": "image"} for _ in spec.image_paths]
-        parts.append({"type": "text", "text": spec.prompt})
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": parts}])
-        images = [Image.open(p).convert("RGB") for p in spec.image_paths]
-        return {"prompt": text, "multi_modal_data": {"image": images}}
+        return engine_prompt(self.tokenizer, spec)
 
     async def __call__(self, spec: RequestSpec, start: float) -> RequestResult:
         from valora.sampling_params import RequestOutputKind, SamplingParams

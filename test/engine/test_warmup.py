@@ -19,6 +19,7 @@ def test_warmup_runs_adapters_and_images_and_frees_everything():
     assert not engine.has_unfinished() and not engine._requests
     assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
     assert engine.scheduler.num_unfinished == 0
+    assert engine.lora.merged is None and engine.lora.num_switches >= 2  # merge kernels ran
     assert engine.lora.pool.stats.loads + engine.lora.pool.stats.prefetches >= 3  # adapters ran
     out = llm.generate(["hello"], use_tqdm=False)  # serving goes on normally afterwards
     assert out[0].outputs[0].token_ids
@@ -27,8 +28,9 @@ def test_warmup_runs_adapters_and_images_and_frees_everything():
 def test_precompile_covers_every_target_with_the_atmm_backend():
     from atmm.ops.precompile import distinct_configs
 
-    # the Triton interpreter on CPU: one-row launches of the tiny model's shapes
-    llm = LLM("tiny", device="cpu", num_token=4096, num_dummy_adapters=2, lora_backend="atmm")
+    # one-row launches of the tiny model's shapes (on CPU: the Triton interpreter)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    llm = LLM("tiny", device=device, num_token=4096, num_dummy_adapters=2, lora_backend="atmm")
     engine = llm.engine
     sched = engine.scheduler.config
     expected = 0

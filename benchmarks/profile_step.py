@@ -1,0 +1,109 @@
+"""Profile the engine's steps on one synthetic batch: which mode each step ran, how long it took,
+and (torch profiler, last round) where the GPU time went, by kernel.
+
+    python benchmarks/profile_step.py --engine_args "--model-setting qwen2-vl-7b --dummy \\
+        --quantization w4a16 --num-adapter 16" --task vat --adapters lora0 lora0 lora1 lora2 \\
+        --no-prefix-caching" --task vat --adapters lora0 lora0 lora1 lora2 \
+        --modes mixture merged unmerged --rounds 2 --out profile.json
+
+The engine is built from the server's flags (and warmed up like the server; without
+``--no-prefix-caching`` later rounds hit the prefix cache and skip their prefills). For each of
+``--modes`` (the VaLoRA policy's mode pinned: unmerged | merged | mixture; ``auto``: the policy
+decides) every round sends the same requests at once (``--adapters``: one request each, ``base``
+for none) and steps the engine until they finish; the profiler records the last round, so the
+earlier ones absorb first-use costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import time
+
+import numpy as np
+from run_exp import DEFAULT_DATASET
+
+from replay.client import engine_prompt
+from replay.datasets import load_sharegpt4v
+from replay.workload import build_workload
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--engine_args", required=True, help="the server's flags")
+    p.add_argument("--task", default="vqa", choices=["vqa", "vat"])
+    p.add_argument("--adapters", nargs="+", default=["lora0", "lora0", "lora1", "base"])
+    p.add_argument("--modes", nargs="+", default=["auto"],
+                   choices=["auto", "unmerged", "merged", "mixture"])  # fmt: skip
+    p.add_argument("--max-output-tokens", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--top", type=int, default=30, help="kernels listed")
+    p.add_argument("--dataset", default=str(DEFAULT_DATASET))
+    p.add_argument("--out")
+    return p
+
+
+def run_round(engine, prompts: list, adapters: list, tokens: int, tag: str) -> list[dict]:
+    from valora.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=tokens, ignore_eos=True)
+    for i, (prompt, adapter) in enumerate(zip(prompts, adapters)):
+        engine.add_request(f"{tag}-{i}", prompt, params, adapter)
+    steps = []
+    while engine.has_unfinished():
+        start = time.perf_counter()
+        engine.step()
+        record = engine.runner.step_record(time.perf_counter() - start)
+        steps.append({"mode": record.mode, "tokens": record.num_tokens,
+                      "lora_rows": record.num_lora_rows, "segments": record.num_segments,
+                      "ms": 1e3 * record.seconds})  # fmt: skip
+    return steps
+
+
+def profile_mode(engine, prompts: list, adapters: list, args, mode: str) -> dict:
+    import torch
+
+    tokens = args.max_output_tokens
+    rounds = [run_round(engine, prompts, adapters, tokens, f"{mode}{i}")
+              for i in range(args.rounds - 1)]  # fmt: skip
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        rounds.append(run_round(engine, prompts, adapters, tokens, f"{mode}-last"))
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=args.top)
+    print(f"== {mode} ==\n{table}")
+    for i, steps in enumerate(rounds):
+        print(f"{mode} round {i}: " + ", ".join(f"{s['mode']} {s['tokens']} tok {s['ms']:.1f} ms"
+                                                for s in steps[:8]))  # fmt: skip
+    return {"rounds": rounds, "kernels": table}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    import torch
+
+    from valora.server.cli import build_parser as server_parser
+    from valora.server.cli import build_server
+
+    args = build_parser().parse_args(argv)
+    _, engine, _ = build_server(server_parser().parse_args(shlex.split(args.engine_args)))
+    adapters = [None if a == "base" else a for a in args.adapters]
+    specs = build_workload(np.zeros(len(adapters)), np.arange(len(adapters)), args.task,
+                           load_sharegpt4v(args.dataset), seed=0,
+                           max_output_tokens=args.max_output_tokens)  # fmt: skip
+    prompts = [engine_prompt(engine.tokenizer, spec) for spec in specs]
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    result = {"args": vars(args), "gpu": gpu, "modes": {}}
+    for mode in args.modes:
+        engine.policy.force_mode = None if mode == "auto" else mode
+        result["modes"][mode] = profile_mode(engine, prompts, adapters, args, mode)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
