@@ -200,13 +200,14 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
     """Start a server per configuration, replay ``warmup_s`` seconds of its first run's workload
     unrecorded, replay each of its runs, stop it; skip runs whose result file exists unless
     ``rerun``."""
+    import re
     import subprocess
     import sys
     from pathlib import Path
 
     root, out = Path(__file__).resolve().parent, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in SUITES[suite] if match in r["name"]
+    runs = [r for r in SUITES[suite] if re.search(match, r["name"])
             and (policies is None or r["server"]["scheduler"] in policies)]  # fmt: skip
     for server, group in _server_groups(runs):
         todo = [r for r in group if rerun or not (out / f"{r['name']}.jsonl").exists()]
@@ -255,7 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--client-args", default="--duration 30", help="flags every replay gets")
     p.add_argument("--policies", nargs="+", choices=POLICIES)
     p.add_argument("--rerun", action="store_true", help="replay runs that have results already")
-    p.add_argument("--match", default="", help="only the runs whose name contains this")
+    p.add_argument("--match", default="",
+                   help="only the runs whose name this regex matches (re.search)")  # fmt: skip
     p.add_argument("--warmup-s", type=float, default=10.0,
                    help="unrecorded replay seconds per server before its runs")  # fmt: skip
     p.add_argument("--list", action="store_true", help="print the runs and exit")

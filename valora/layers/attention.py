@@ -58,17 +58,20 @@ def token_major_sdpa(
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SDPA of one sequence in token-major layout: q [n, Hq, D], k/v [m, Hkv, D] -> [n, Hq, D];
-    GQA when Hkv < Hq; ``mask`` [n, m] bool (True = may attend)."""
+    GQA when Hkv < Hq; ``mask`` [n, m] bool (True = may attend).
+
+    The inputs go in as [1, H, n, D]: the fused backends (flash, memory-efficient) take 4-D
+    tensors only, and a 3-D call falls back to the math backend (fp32 matmuls, host-bound)."""
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1),
-        k.transpose(0, 1),
-        v.transpose(0, 1),
+        q.transpose(0, 1).unsqueeze(0),
+        k.transpose(0, 1).unsqueeze(0),
+        v.transpose(0, 1).unsqueeze(0),
         attn_mask=mask,
         is_causal=is_causal,
         scale=scale,
         enable_gqa=k.shape[1] != q.shape[1],
     )
-    return out.transpose(0, 1)
+    return out[0].transpose(0, 1)
 
 
 class TorchPrefillAttention:
