@@ -131,3 +131,20 @@ def test_overlay_term_is_fitted_only_next_to_steps_without_overlays_and_forget_r
     policy.observe_switch(3.0)  # a first switch that compiled kernels
     policy.forget()
     assert policy.switch_seconds == 5e-3 and policy.cost.coef[0] == 2e-3
+
+
+def test_valora_merges_for_a_prefill_heavy_queue():
+    """vat-like requests (long image prompts, one output token): the saving is in the prompt
+    rows still to prefill, so the hot adapter is merged though each request decodes once; on
+    a quantized base too, where the overlay term is paid for one step only."""
+    queue = [req("h", prompt_len=1600, max_tokens=1) for _ in range(8)]
+    queue += [req("a", prompt_len=1600, max_tokens=1), req(None, prompt_len=1600, max_tokens=1)]
+    for overlays in (False, True):
+        policy = make_policy("valora")
+        policy.bind(100_000, overlay_merges=overlays)
+        policy.cost.coef = np.array([1e-3, 1e-6, 2e-6, 1e-5, 2e-3])
+        assert policy.plan(queue, [], None, time.monotonic()).merged == ("h", 1)
+    # once the prompts are computed nothing is left to save: no switch for it
+    for r in queue:
+        r.num_computed_tokens = r.num_prompt_tokens
+    assert policy.plan([], queue, None, time.monotonic()).merged is None

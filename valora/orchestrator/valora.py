@@ -10,9 +10,11 @@ mode and batch chosen each step from a cost model fitted to measured step times.
   switches. The overlay term exists on a quantized base only: there a merged or mixture step
   runs the merged layers as dense GEMMs on bf16 overlays instead of the 4/8-bit kernels (more
   weight bytes per decode step), and a switch dequantizes the layers it merges.
-- Decision: with m the adapter with the most requests and H its requests' mean remaining output,
-  merge m when (cost unmerged - cost mixture) * H exceeds the switch cost (with a margin); move
-  the merge to another adapter, or unmerge, on the same test.
+- Decision: with m the adapter with the most requests, merge m when the predicted LoRA cost of
+  the queue's remaining work (uncomputed prompt rows and outputs still to come, so a
+  prefill-heavy queue counts its prompts; per-step terms times the steps the outputs take)
+  falls by more than the switch cost (with a margin) with m merged; move the merge to another
+  adapter, or unmerge, on the same test.
 - Batch: waiting requests are admitted first those past ``max_wait_s`` (the bound on anyone's
   wait), then the merged adapter's requests, then the rest, each group first come first served.
 
@@ -42,6 +44,17 @@ from valora.request import Request
 # c0, per token, per LoRA row, per segment, per step on dense overlays (seconds); the overlay
 # prior: a 7B decode step on bf16 weights against 4-bit ones (benchmarks/results/quant_h100.json)
 _PRIOR = np.array([2e-3, 2e-6, 4e-7, 2e-6, 2e-3])
+
+
+def _remaining_outputs(request: Request) -> int:
+    return max(0, request.sampling_params.max_tokens - len(request.output_token_ids))
+
+
+def _remaining_rows(request: Request) -> int:
+    """Rows the request still puts through the model: its uncomputed prompt tokens (image
+    tokens included) and the outputs still to come."""
+    prompt_left = max(0, request.num_prompt_tokens - request.num_computed_tokens)
+    return prompt_left + _remaining_outputs(request)
 
 
 class StepCostModel:
@@ -122,37 +135,31 @@ class VaLoRAPolicy(Policy):
             return merged if merged is not None and counts.get(merged, 0) else top
         if top is None:
             return None
-        gain = self._mixture_cost(requests, merged) - self._mixture_cost(requests, top)
-        horizon = self._horizon(requests, top)
-        if merged != top and gain * horizon > self.margin * self.switch_seconds:
+        cost = {key: self._remaining_cost(requests, key) for key in {merged, top, None}}
+        if merged != top and cost[merged] - cost[top] > self.margin * self.switch_seconds:
             return top
-        if merged is not None and self._mixture_cost(requests, merged) > self._unmerged_cost(
-            requests
-        ) + self.switch_seconds / max(horizon, 1):
+        if merged is not None and cost[merged] > cost[None] + self.switch_seconds:
             return None
         return merged
 
-    def _unmerged_cost(self, requests) -> float:
-        rows = [adapter_key(r) for r in requests]
-        lora_rows = sum(k is not None for k in rows)
-        return self.cost.predict(len(rows), lora_rows, len({k for k in rows if k is not None}))
-
-    def _mixture_cost(self, requests, merged: AdapterKey | None) -> float:
-        """One decode row per request: own-adapter rows plus a correction row per other row."""
-        if merged is None:
-            return self._unmerged_cost(requests)
-        rows = [adapter_key(r) for r in requests]
-        others = [k for k in rows if k != merged]
-        own = [k for k in others if k is not None]
-        segments = len(set(own)) + (1 if others else 0)
-        return self.cost.predict(len(rows), len(own) + len(others), segments, self.overlay_merges)
-
-    @staticmethod
-    def _horizon(requests, key: AdapterKey) -> float:
-        """Mean remaining output tokens of the adapter's requests (steps the choice pays for)."""
-        left = [r.sampling_params.max_tokens - len(r.output_token_ids)
-                for r in requests if adapter_key(r) == key]  # fmt: skip
-        return sum(left) / len(left) if left else 0.0
+    def _remaining_cost(self, requests, merged: AdapterKey | None) -> float:
+        """Predicted LoRA seconds of the requests' remaining work with ``merged`` held merged
+        (None: unmerged). Each remaining row (prompt tokens still to prefill, outputs still to
+        come) of another adapter is an own-adapter row, and with a merge every row not of the
+        merged adapter is also a correction row; segments and the overlay GEMMs are paid per
+        step, over the steps the remaining outputs take. Costs shared by every choice (base
+        GEMMs, attention) cancel out and are left out."""
+        c = self.cost.coef
+        keyed = [(adapter_key(r), _remaining_rows(r)) for r in requests]
+        rows = sum(n for k, n in keyed if k is not None and k != merged)
+        adapters = {k for k, _ in keyed if k is not None and k != merged}
+        segments = len(adapters)
+        if merged is not None:
+            others = sum(n for k, n in keyed if k != merged)
+            rows, segments = rows + others, segments + (others > 0)
+        steps = max(1.0, float(np.mean([_remaining_outputs(r) for r in requests])))
+        overlay = self.overlay_merges and merged is not None
+        return float(c[2] * rows + steps * (c[3] * segments + c[4] * overlay))
 
     def observe(self, record: StepRecord) -> None:
         overlay = self.overlay_merges and record.mode in ("merged", "mixture")
