@@ -5,8 +5,9 @@ A few synthetic requests go through the normal engine path together: prompts of 
 (prefill buckets of the LoRA kernels, chunked prefill), the base model and a few adapters (the
 unmerged segments; with a merging policy, the merge and the mixture corrections), two with an
 image (the vision tower), each decoding a few tokens (the decode graphs). They finish and free
-their blocks like any request; with a merging policy one adapter is then merged and unmerged
-(the merge kernels); the policy then forgets what it measured (compile time).
+their blocks like any request; with a merging policy one adapter per rank class is then
+merged, and the last unmerged (the merge kernels); the policy then forgets what it measured
+(compile time).
 
 Before them, a LoRA backend with adaptive tiling (ATMM) compiles every config its table can pick
 for each target's shape (``precompile_lora``), and a quantized base runs each distinct quantized
@@ -55,11 +56,24 @@ def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
         engine.add_request(f"warmup-{i}", prompt, params, adapter)
     while engine.has_unfinished():
         engine.step()
-    if names and engine.lora.merger is not None:  # the merge kernels (a policy may not merge yet)
-        engine.lora.switch(engine.lora.resolve(names[0]))
-        engine.lora.switch(None)
+    if engine.lora is not None and engine.lora.merger is not None:
+        warm_merges(engine)
     engine.policy.forget()  # its steps and switches include compile time
     return WarmupReport(time.perf_counter() - start, compiled - start, configs)
+
+
+def warm_merges(engine: LLMEngine) -> int:
+    """Merge and unmerge one adapter per rank class (the merge kernel's rank tile is the next
+    power of two of the rank, at least 16: one compile each); returns the switches made."""
+    lora, classes = engine.lora, {}
+    for name in lora.registry.names():
+        key = lora.resolve(name)
+        rank = max((m.rank for m in lora.registry.weights(key).modules.values()), default=0)
+        classes.setdefault(max(16, 1 << max(0, rank - 1).bit_length()), key)
+    for key in classes.values():
+        lora.switch(key)
+    lora.switch(None)
+    return len(classes) + 1
 
 
 def precompile_lora(engine: LLMEngine) -> int:
