@@ -68,7 +68,7 @@ def warm_merges(engine: LLMEngine) -> int:
     lora, classes = engine.lora, {}
     for name in lora.registry.names():
         key = lora.resolve(name)
-        rank = max((m.rank for m in lora.registry.weights(key).modules.values()), default=0)
+        rank = lora.registry.rank(key)  # registered metadata: no weights loaded to find it
         classes.setdefault(max(16, 1 << max(0, rank - 1).bit_length()), key)
     for key in classes.values():
         lora.switch(key)
