@@ -27,12 +27,15 @@ from atmm.tuning import bucket_key, table_path
 from atmm.types import LoRASegments
 from atmm.workloads import make_weights
 
-# (K, output slices) of each LoRA target; the 7B list adds the op-cost benchmark's targets
+# (K, output slices) of each LoRA target; the 7B list adds the op-cost benchmark's targets.
+# The vision tower (same in both sizes): qkv, proj, fc1, fc2 per block, then the merger's two
+# linears (the second ends at the language model's hidden size).
+_VISION = [(1280, [3840]), (1280, [1280]), (1280, [5120]), (5120, [1280]), (5120, [5120])]
 MODEL_TARGETS = {
     "qwen2-vl-7b": [(3584, [3584, 512, 512]), (3584, [3584]), (3584, [18944, 18944]),
-                    (18944, [3584]), (3584, [512]), (3584, [18944])],
+                    (18944, [3584]), (3584, [512]), (3584, [18944]), *_VISION, (5120, [3584])],
     "qwen2-vl-2b": [(1536, [1536, 256, 256]), (1536, [1536]), (1536, [8960, 8960]),
-                    (8960, [1536])],
+                    (8960, [1536]), *_VISION, (5120, [1536])],
 }  # fmt: skip
 # (max_seg_len, num_segments): decode-like many short segments, prefill-like few long ones
 BUCKETS = [(m, s) for m in (1, 2, 4, 8) for s in (1, 2, 4, 8, 16, 32, 64, 128, 256)] + [

@@ -148,3 +148,23 @@ def test_valora_merges_for_a_prefill_heavy_queue():
     for r in queue:
         r.num_computed_tokens = r.num_prompt_tokens
     assert policy.plan([], queue, None, time.monotonic()).merged is None
+
+
+def test_an_overlay_estimate_without_evidence_in_the_window_returns_to_the_prior():
+    """A high overlay cost fitted from a few merged steps must not outlive them: once the
+    window holds only unmerged steps the term is the prior again, so merging can resume."""
+    policy = make_policy("valora")
+    policy.bind(1000, overlay_merges=True)
+    rng = np.random.default_rng(3)
+
+    def step(mode, overlay_cost):
+        t, lora, seg = rng.integers(1, 256), rng.integers(0, 256), rng.integers(0, 64)
+        seconds = 2e-3 + 1e-5 * t + 3e-5 * lora + 4e-6 * seg + overlay_cost
+        policy.observe(StepRecord(mode, int(t), int(lora), int(seg), float(seconds)))
+
+    for i in range(64):
+        step("mixture" if i % 2 else "unmerged", 0.05 if i % 2 else 0.0)
+    assert np.isclose(policy.cost.coef[4], 0.05, rtol=1e-3)
+    for _ in range(policy.cost._rows.maxlen):  # the merged steps leave the window
+        step("unmerged", 0.0)
+    assert policy.cost.coef[4] == 2e-3

@@ -76,3 +76,18 @@ def test_the_default_is_one_config_per_bucket(table_dir, monkeypatch):
     few = tuning.get_config("shrink", 1, 1, 3584, 1, 64, torch.bfloat16, gpu)
     many = tuning.get_config("shrink", 1, 64, 3584, 1, 64, torch.bfloat16, gpu)
     assert few["SPLIT_K"] > many["SPLIT_K"]
+
+
+def test_the_tuner_covers_every_lora_target_shape_of_both_models():
+    """Each (K, output slices) the engine's LoRA pool can hold is a tuning job, so no served
+    shape is left to the default by omission."""
+    from atmm.tune import MODEL_TARGETS
+    from exp_suite import MODEL_SETTINGS
+    from valora.adapters.targets import model_targets
+    from valora.config import ModelConfig
+
+    for name in ("qwen2-vl-7b", "qwen2-vl-2b"):
+        cfg = ModelConfig.from_hf_dict(dict(MODEL_SETTINGS[name]))
+        served = {(t.in_features, tuple(t.slice_sizes)) for t in model_targets(cfg)}
+        tuned = {(k, tuple(slices)) for k, slices in MODEL_TARGETS[name]}
+        assert served <= tuned, served - tuned
