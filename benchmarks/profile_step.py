@@ -2,9 +2,9 @@
 and (torch profiler, last round) where the GPU time went, by kernel.
 
     python benchmarks/profile_step.py --engine_args "--model-setting qwen2-vl-7b --dummy \\
-        --quantization w4a16 --num-adapter 16" --task vat --adapters lora0 lora0 lora1 lora2 \\
-        --no-prefix-caching" --task vat --adapters lora0 lora0 lora1 lora2 \
-        --modes mixture merged unmerged --rounds 2 --out profile.json
+        --quantization w4a16 --num-adapter 16 --no-prefix-caching" --task vat \\
+        --adapters lora0 lora0 lora1 lora2 --modes mixture merged unmerged --rounds 2 \\
+        --out profile.json
 
 The engine is built from the server's flags (and warmed up like the server; without
 ``--no-prefix-caching`` later rounds hit the prefix cache and skip their prefills). For each of
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-import time
 
 import numpy as np
 from run_exp import DEFAULT_DATASET
@@ -52,12 +51,16 @@ def run_round(engine, prompts: list, adapters: list, tokens: int, tag: str) -> l
         engine.add_request(f"{tag}-{i}", prompt, params, adapter)
     steps = []
     while engine.has_unfinished():
-        start = time.perf_counter()
+        before = sum(engine.stats.step_seconds.values())
+        executed = sum(engine.stats.steps.values())
         engine.step()
-        record = engine.runner.step_record(time.perf_counter() - start)
+        if sum(engine.stats.steps.values()) == executed:
+            continue  # nothing was scheduled: no forward ran
+        seconds = sum(engine.stats.step_seconds.values()) - before  # the forward only
+        record = engine.runner.step_record(seconds)
         steps.append({"mode": record.mode, "tokens": record.num_tokens,
                       "lora_rows": record.num_lora_rows, "segments": record.num_segments,
-                      "ms": 1e3 * record.seconds})  # fmt: skip
+                      "ms": 1e3 * seconds})  # fmt: skip
     return steps
 
 

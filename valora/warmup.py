@@ -30,8 +30,8 @@ from valora.sampling_params import SamplingParams
 
 class WarmupReport(NamedTuple):
     seconds: float  # in all
-    compile_seconds: float  # of which precompiling the LoRA kernels
-    kernel_configs: int  # LoRA configs and quantized-GEMM buckets precompiled
+    compile_seconds: float  # of which precompiling the LoRA and quantized-GEMM kernels
+    kernel_configs: int  # LoRA configs and quantized-GEMM M buckets (calls) precompiled
 
 
 def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
@@ -83,10 +83,13 @@ def precompile_lora(engine: LLMEngine) -> int:
     backend = lora.runtime.backend if lora is not None else None
     if not hasattr(backend, "precompile"):
         return 0
-    tokens = engine.scheduler.config.max_num_batched_tokens
-    seqs = engine.scheduler.config.max_num_seqs
-    patches = tokens * engine.model_config.vision.spatial_merge_size**2
-    limits = {"language": (tokens, seqs), "vision": (patches, 2), "merger": (tokens, 2)}
+    sched = engine.scheduler.config
+    # a step's language rows are bounded by the token budget; a request's images are encoded
+    # in one call, so its patch rows (merge^2 per image token) by the context length
+    windows = sched.max_model_len
+    patches = windows * engine.model_config.vision.spatial_merge_size**2
+    limits = {"language": (sched.max_num_batched_tokens, sched.max_num_seqs),
+              "vision": (patches, 2), "merger": (windows, 2)}  # fmt: skip
     count = 0
     for buffers in lora.pool.targets.values():
         max_tokens, max_segments = limits[buffers.spec.row_group]

@@ -165,6 +165,9 @@ def test_an_overlay_estimate_without_evidence_in_the_window_returns_to_the_prior
     for i in range(64):
         step("mixture" if i % 2 else "unmerged", 0.05 if i % 2 else 0.0)
     assert np.isclose(policy.cost.coef[4], 0.05, rtol=1e-3)
+    for _ in range(policy.cost._rows.maxlen):  # a window of overlay steps only: kept
+        step("mixture", 0.05)
+    assert np.isclose(policy.cost.coef[4], 0.05, rtol=1e-3)
     for _ in range(policy.cost._rows.maxlen):  # the merged steps leave the window
         step("unmerged", 0.0)
     assert policy.cost.coef[4] == 2e-3

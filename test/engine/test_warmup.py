@@ -37,10 +37,12 @@ def test_precompile_covers_every_target_with_the_atmm_backend():
     expected = 0
     for buffers in engine.lora.pool.targets.values():
         w = buffers.weights[0]
-        language = buffers.spec.row_group == "language"
-        tokens = sched.max_num_batched_tokens * (1 if buffers.spec.row_group != "vision" else 4)
-        configs = distinct_configs(w, tokens, sched.max_num_seqs if language else 2,
-                                   w.a.dtype, w.a.device)  # fmt: skip
+        # language: a step's budget; vision patches (2x2 per image token) and merger windows:
+        # one request's images, up to the context length
+        rows, segments = {"language": (sched.max_num_batched_tokens, sched.max_num_seqs),
+                          "vision": (4 * sched.max_model_len, 2),
+                          "merger": (sched.max_model_len, 2)}[buffers.spec.row_group]  # fmt: skip
+        configs = distinct_configs(w, rows, segments, w.a.dtype, w.a.device)
         expected += len(configs["shrink"]) + len(configs["expand"])
     assert precompile_lora(engine) == expected > 0
     torch_engine = LLM("tiny", device="cpu", num_token=4096, num_dummy_adapters=2,

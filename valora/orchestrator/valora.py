@@ -78,12 +78,14 @@ class StepCostModel:
         data = np.array(self._rows)
         x = np.column_stack([np.ones(len(data)), data[:, :4]])
         # the overlay column is separable from the intercept only when the window holds steps
-        # with and without overlays; otherwise it goes back to its prior: an estimate whose
-        # evidence has left the window must not stop the merges that would measure it again
-        fitted = 5 if 0 < data[:, 3].sum() < len(data) else 4
+        # with and without overlays; otherwise it is not refitted. With no overlay step left it
+        # goes back to its prior (an estimate whose evidence has left the window must not stop
+        # the merges that would measure it again); with only overlay steps it is kept
+        overlay_steps = data[:, 3].sum()
+        fitted = 5 if 0 < overlay_steps < len(data) else 4
         coef, *_ = np.linalg.lstsq(x[:, :fitted], data[:, 4], rcond=None)
         self.coef[:fitted] = np.maximum(coef, 0.0)  # costs are never negative
-        if fitted == 4:
+        if overlay_steps == 0:
             self.coef[4] = _PRIOR[4]
         self._since_fit = 0
 
