@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 
 import torch
@@ -23,7 +22,7 @@ import triton
 from atmm.ops.expand import launch_expand
 from atmm.ops.fused import launch_fused
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import bucket_key, table_path
+from atmm.tuning import bucket_key, read_table, table_path, write_table
 from atmm.types import LoRASegments
 from atmm.workloads import make_weights
 
@@ -159,7 +158,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     name = torch.cuda.get_device_name()
     path = table_path(name, dtype)
-    table = json.loads(path.read_text())["configs"] if path.exists() and not args.fresh else {}
+    table = {} if args.fresh else read_table(path)
     jobs = _jobs(args.models, args.ranks)
     deadline, done = time.monotonic() + args.budget_s, 0
     for op, dim_k, slices, max_rank, (m, s) in jobs:
@@ -181,10 +180,7 @@ def main() -> None:
         table[key] = config | {"us": round(ms * 1e3, 2)}
         done += 1
         print(f"{key}: {config} {ms * 1e3:.1f} us", flush=True)
-    path.parent.mkdir(exist_ok=True)
-    record = {"gpu": name, "dtype": args.dtype, "torch": torch.__version__,
-              "triton": triton.__version__, "configs": dict(sorted(table.items()))}  # fmt: skip
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_table(path, name, args.dtype, table)
     print(f"wrote {len(table)} buckets to {path}")
 
 

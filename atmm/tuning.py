@@ -45,12 +45,24 @@ def table_path(device_name: str, dtype: torch.dtype) -> Path:
     return CONFIG_DIR / f"{slug}__{str(dtype).removeprefix('torch.')}.json"
 
 
+def read_table(path: Path) -> dict[str, dict]:
+    """A table file's configs by bucket key ({} when there is no file)."""
+    return json.loads(path.read_text())["configs"] if path.exists() else {}
+
+
+def write_table(path: Path, gpu: str, dtype: str, configs: dict[str, dict]) -> None:
+    """A table file: the GPU, dtype and versions it was measured with, configs sorted by key."""
+    import triton
+
+    path.parent.mkdir(exist_ok=True)
+    record = {"gpu": gpu, "dtype": dtype, "torch": torch.__version__,
+              "triton": triton.__version__, "configs": dict(sorted(configs.items()))}  # fmt: skip
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
 @cache
 def _table(device_name: str, dtype: torch.dtype) -> dict[str, dict]:
-    path = table_path(device_name, dtype)
-    if not path.exists():
-        return {}
-    return json.loads(path.read_text())["configs"]
+    return read_table(table_path(device_name, dtype))
 
 
 def device_name(device: torch.device) -> str:

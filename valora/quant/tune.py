@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import time
 
 import torch
 import triton
 
+from atmm.tuning import read_table, write_table
 from valora.quant.reference import quantize_rtn
 from valora.quant.triton_gemm import dequantize_kn, quant_matmul
 from valora.quant.tuning import M_BUCKETS, bucket_key, quant_table_path
@@ -116,7 +116,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     gpu = torch.cuda.get_device_name()
     path = quant_table_path(gpu, dtype)
-    table = json.loads(path.read_text())["configs"] if path.exists() else {}
+    table = read_table(path)
     deadline = time.monotonic() + args.budget_s
     jobs = itertools.product(args.bits, {s for m in args.models for s in MODEL_SHAPES[m]},
                              args.m_buckets)  # fmt: skip
@@ -131,10 +131,7 @@ def main() -> None:
         if config is not None:
             table[key] = config | {"us": round(us, 2)}
             print(f"{key}: {config} {us:.1f} us", flush=True)
-    path.parent.mkdir(exist_ok=True)
-    record = {"gpu": gpu, "dtype": args.dtype, "torch": torch.__version__,
-              "triton": triton.__version__, "configs": dict(sorted(table.items()))}  # fmt: skip
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    write_table(path, gpu, args.dtype, table)
     print(f"wrote {len(table)} buckets to {path}")
 
 

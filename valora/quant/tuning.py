@@ -5,7 +5,7 @@ strategies runs and with what tiles:
 
 - ``{"kernel": "gemv", BLOCK_N, BLOCK_K, SPLIT_K, num_warps, num_stages}`` (M = 1 only);
 - ``{"kernel": "dot", BLOCK_M, BLOCK_N, BLOCK_K, SPLIT_K, UNPACK, num_warps, num_stages}``
-  (UNPACK: "planes" | "gather" | "reshape", ``valora.quant.triton_gemm``);
+  (UNPACK: "planes" | "reshape", ``valora.quant.triton_gemm``);
 - ``{"kernel": "dequant"}``: dequantize to [K, N] and multiply by cuBLAS (large M, where the
   GEMM is compute-bound and cuBLAS's tiles win).
 
@@ -16,14 +16,13 @@ a table lacks, or a GPU without a table, gets ``default_config``.
 
 from __future__ import annotations
 
-import json
 from functools import cache
 from pathlib import Path
 
 import torch
 import triton
 
-from atmm.tuning import device_name, table_path
+from atmm.tuning import device_name, read_table, table_path
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 M_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 1024)  # M above the last uses the last bucket's entry
@@ -43,8 +42,7 @@ def quant_table_path(gpu: str, dtype: torch.dtype) -> Path:
 
 @cache
 def _table(gpu: str, dtype: torch.dtype) -> dict[str, dict]:
-    path = quant_table_path(gpu, dtype)
-    return json.loads(path.read_text())["configs"] if path.exists() else {}
+    return read_table(quant_table_path(gpu, dtype))
 
 
 @cache
