@@ -25,6 +25,7 @@ from valora.inputs import PromptType, build_request
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner
 from valora.orchestrator import make_policy
+from valora.orchestrator.base import AdapterKey
 from valora.output_processor import OutputProcessor, SampledToken
 from valora.request import Request, RequestOutput, RequestStatus
 from valora.sampling_params import SamplingParams
@@ -255,15 +256,19 @@ class LLMEngine:
                                 time.monotonic())  # fmt: skip
         if self.lora is not None and self.lora.merger is not None:
             if plan.merged != self.lora.merged:
-                seconds = self.lora.switch(plan.merged)
-                self.policy.observe_switch(seconds)
-                self.stats.record_switch(seconds)
+                self.switch_merged(plan.merged)
         out = sched.schedule(plan.hold)
         if out.is_empty and plan.hold is not None and sched.num_unfinished:
             out = sched.schedule()
         if self.lora is not None:
             self.lora.prefetch(list(itertools.islice(sched.waiting, 4)))
         return out
+
+    def switch_merged(self, key: AdapterKey | None) -> None:
+        """Hold ``key`` merged (None: unmerge): the switch, told to the policy and counted."""
+        seconds = self.lora.switch(key)
+        self.policy.observe_switch(seconds)
+        self.stats.record_switch(seconds)
 
     def _append(self, request: Request, token: SampledToken) -> RequestOutput | None:
         request.first_token_time = request.first_token_time or time.monotonic()

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 
 from valora.engine import LLMEngine
+from valora.layers.merge_kernels import rank_tile
 from valora.sampling_params import SamplingParams
 
 
@@ -63,16 +64,16 @@ def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
 
 
 def warm_merges(engine: LLMEngine) -> int:
-    """Merge and unmerge one adapter per rank class (the merge kernel's rank tile is the next
-    power of two of the rank, at least 16: one compile each); returns the switches made."""
+    """Merge and unmerge one adapter per rank class (one compiled merge kernel per rank tile,
+    ``rank_tile``); returns the switches made."""
     lora, classes = engine.lora, {}
     for name in lora.registry.names():
         key = lora.resolve(name)
         rank = lora.registry.rank(key)  # registered metadata: no weights loaded to find it
-        classes.setdefault(max(16, 1 << max(0, rank - 1).bit_length()), key)
+        classes.setdefault(rank_tile(rank), key)
     for key in classes.values():
-        lora.switch(key)
-    lora.switch(None)
+        engine.switch_merged(key)
+    engine.switch_merged(None)
     return len(classes) + 1
 
 

@@ -21,6 +21,7 @@ def test_warmup_runs_adapters_and_images_and_frees_everything():
     assert engine.scheduler.num_unfinished == 0
     # merge kernels: one adapter per rank class (dummy ranks 8, 16, 32: classes 16 and 32)
     assert engine.lora.merged is None and engine.lora.num_switches == 3
+    assert engine.stats.switches == 3  # through the engine's switch path, counted
     assert engine.lora.pool.stats.loads + engine.lora.pool.stats.prefetches >= 3  # adapters ran
     out = llm.generate(["hello"], use_tqdm=False)  # serving goes on normally afterwards
     assert out[0].outputs[0].token_ids

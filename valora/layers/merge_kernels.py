@@ -31,6 +31,12 @@ class SliceMerge:
     scales: list[float]
 
 
+def rank_tile(rank: int) -> int:
+    """The merge kernel's rank tile (a constexpr: one compiled kernel per value): the next
+    power of two of the largest rank, at least 16."""
+    return max(16, 1 << max(0, rank - 1).bit_length())
+
+
 def torch_merge_layers(job: SliceMerge) -> None:
     for out, w0, a, b, scale in zip(job.outs, job.pristine, job.a_rows, job.b_rows, job.scales):
         if out.data_ptr() != w0.data_ptr():  # else merged in place (a quantized base's overlay)
@@ -55,7 +61,7 @@ def triton_merge_layers(job: SliceMerge, block_n: int = 64, block_k: int = 128,
     ).to(device, non_blocking=True)  # fmt: skip
     ranks_t = torch.tensor(ranks, dtype=torch.int32).to(device, non_blocking=True)
     scales_t = torch.tensor(job.scales, dtype=torch.float32).to(device, non_blocking=True)
-    block_r = max(16, triton.next_power_of_2(max(ranks)))
+    block_r = rank_tile(max(ranks))
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k), len(ranks))
     merge_layers_kernel[grid](
         pointers, ranks_t, scales_t, len(ranks), n, k, job.outs[0].stride(0),

@@ -39,14 +39,14 @@ class EngineCollector:
             ("valora_lora_loads", "Adapter loads into the GPU pool", stats and stats.loads),
             ("valora_lora_evictions", "Adapters evicted from the GPU pool",
              stats and stats.evictions),
-            ("valora_mode_switches", "Merged-adapter switches", lora and lora.num_switches),
         ):  # fmt: skip
             yield CounterMetricFamily(name, doc, value=value or 0)
         yield from _step_families(e.stats.snapshot())
 
 
 def _step_families(stats: dict):
-    """Steps, step seconds and step tokens per LoRA mode; switches and their seconds."""
+    """Steps, step seconds and step tokens per LoRA mode; switches and their seconds (one
+    source, ``valora.engine_stats``, for the count and the seconds)."""
     for key, name, doc in (
         ("steps", "valora_steps", "Engine steps by LoRA mode"),
         ("step_seconds", "valora_step_seconds", "Seconds spent in engine steps by LoRA mode"),
@@ -56,6 +56,8 @@ def _step_families(stats: dict):
         for mode, value in stats[key].items():
             family.add_metric([mode], value)
         yield family
+    yield CounterMetricFamily("valora_mode_switches", "Merged-adapter switches",
+                              value=stats["switches"])  # fmt: skip
     yield CounterMetricFamily("valora_switch_seconds", "Seconds spent switching the merged "
                               "adapter", value=stats["switch_seconds"])  # fmt: skip
 
