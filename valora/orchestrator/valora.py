@@ -64,9 +64,6 @@ class StepCostModel:
         self._refit_every = refit_every
         self._since_fit = 0
 
-    def predict(self, tokens: int, lora_rows: int, segments: int, overlay: bool = False) -> float:
-        return float(self.coef @ np.array([1.0, tokens, lora_rows, segments, float(overlay)]))
-
     def observe(self, record: StepRecord, overlay: bool = False) -> None:
         self._rows.append((record.num_tokens, record.num_lora_rows, record.num_segments,
                            float(overlay), record.seconds))  # fmt: skip
