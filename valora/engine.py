@@ -85,8 +85,10 @@ class LLMEngine:
         overlays = self.lora is not None and self.lora.merger is not None and (
             self.lora.merger.has_overlays)  # fmt: skip
         self.policy.bind(num_blocks * config.block_size, overlay_merges=overlays)
+        # one vision pass encodes at most a step's token budget of image tokens
         self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache),
-                                  lora=self.lora)  # fmt: skip
+                                  lora=self.lora,
+                                  encoder_budget=sched_cfg.max_num_batched_tokens)  # fmt: skip
         self.outputs = OutputProcessor(self.tokenizer, max_len)
         self._requests: dict[str, Request] = {}  # unfinished requests by id
         self.stats = EngineStats()

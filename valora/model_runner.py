@@ -44,6 +44,19 @@ def image_rows_before(request: Request, position: int) -> int:
     return sum(min(max(position - s.start, 0), s.num_tokens) for s in request.image_spans)
 
 
+def encoder_groups(requests: list[Request], budget: int) -> list[list[Request]]:
+    """Consecutive groups of at most ``budget`` image tokens (a request over it alone)."""
+    groups, tokens = [], 0
+    for request in requests:
+        n = sum(s.num_tokens for s in request.image_spans)
+        if not groups or tokens + n > budget:
+            groups.append([])
+            tokens = 0
+        groups[-1].append(request)
+        tokens += n
+    return groups
+
+
 class ModelRunner:
     """``forward`` is the forward strategy (``EagerForward``, or ``GraphForward`` on CUDA),
     chosen once by the engine."""
@@ -55,9 +68,12 @@ class ModelRunner:
         sampler: Sampler | None = None,
         forward: Callable[[StepBatch], torch.Tensor | None] | None = None,
         lora=None,
+        encoder_budget: int = 16384,
     ) -> None:
         self.model = model
         self.lora = lora  # valora.adapters.manager.LoRAManager, or None (no LoRA)
+        # image tokens one vision pass may encode (a request with more gets a pass of its own)
+        self.encoder_budget = encoder_budget
         self.kv_cache = kv_cache
         self.sampler = sampler or Sampler()
         self.forward = forward or EagerForward(model)
@@ -74,6 +90,7 @@ class ModelRunner:
         return self._sample(logits, batch.sample_requests)
 
     def prepare(self, sched: SchedulerOutput) -> StepBatch:
+        self._encode_images(sched)
         num_tokens = sched.num_batched_tokens
         ids: list[int] = []
         positions = np.empty((3, num_tokens), dtype=np.int64)
@@ -142,15 +159,27 @@ class ModelRunner:
         return offsets
 
     def _image_embeds(self, request: Request) -> torch.Tensor:
-        """All image embeddings of the request, in prompt order (encoded once per prefill)."""
-        cached = self._encoder_cache.get(request.request_id)
-        if cached is None:
-            pixels = torch.cat([im.pixel_values for im in request.images])
-            if self.lora is not None:  # the vision tower's LoRA: this request's adapter
-                self.lora.set_vision_adapter(request, pixels.shape[0])
-            cached = self.model.encode_images(pixels, [im.grid_thw for im in request.images])
-            self._encoder_cache[request.request_id] = cached
-        return cached
+        """All image embeddings of the request, in prompt order (``_encode_images`` made them)."""
+        return self._encoder_cache[request.request_id]
+
+    def _encode_images(self, sched: SchedulerOutput) -> None:
+        """Encode the images of every request whose chunk reaches an image row and that has no
+        embeddings yet: all of them in one vision pass per ``encoder_budget`` image tokens, so
+        the tower's per-op launch cost is paid per step, not per request."""
+        todo = [r for r, n in zip(sched.requests, sched.num_new_tokens)
+                if r.request_id not in self._encoder_cache and r.images
+                and image_rows_before(r, r.num_computed_tokens + n)
+                > image_rows_before(r, r.num_computed_tokens)]  # fmt: skip
+        for group in encoder_groups(todo, self.encoder_budget):
+            images = [im for r in group for im in r.images]
+            pixels = torch.cat([im.pixel_values for im in images])
+            if self.lora is not None:  # the vision tower's LoRA: each request's own adapter
+                patches = [sum(im.pixel_values.shape[0] for im in r.images) for r in group]
+                self.lora.set_vision_adapters(group, patches)
+            embeds = self.model.encode_images(pixels, [im.grid_thw for im in images])
+            counts = [sum(s.num_tokens for s in r.image_spans) for r in group]
+            for request, rows in zip(group, embeds.split(counts)):
+                self._encoder_cache[request.request_id] = rows
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> dict[str, SampledToken]:
         batch = SamplingBatch.build(

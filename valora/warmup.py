@@ -85,12 +85,14 @@ def precompile_lora(engine: LLMEngine) -> int:
     if not hasattr(backend, "precompile"):
         return 0
     sched = engine.scheduler.config
-    # a step's language rows are bounded by the token budget; a request's images are encoded
-    # in one call, so its patch rows (merge^2 per image token) by the context length
-    windows = sched.max_model_len
+    # a step's language rows are bounded by the token budget; a vision pass encodes whole
+    # requests up to the same budget of image tokens, or one request's (up to the context
+    # length) alone, one segment per request; patch rows are merge^2 per image token
+    windows = max(sched.max_model_len, sched.max_num_batched_tokens)
     patches = windows * engine.model_config.vision.spatial_merge_size**2
     limits = {"language": (sched.max_num_batched_tokens, sched.max_num_seqs),
-              "vision": (patches, 2), "merger": (windows, 2)}  # fmt: skip
+              "vision": (patches, sched.max_num_seqs),
+              "merger": (windows, sched.max_num_seqs)}  # fmt: skip
     count = 0
     for buffers in lora.pool.targets.values():
         max_tokens, max_segments = limits[buffers.spec.row_group]

@@ -89,3 +89,24 @@ def test_eviction_under_a_tiny_pool_loses_nothing(refs):
     assert stats.evictions > 0 and stats.loads > len(ADAPTERS)
     assert llm.engine.lora.registry.host_loads > 0  # host cache of one: re-read from disk
     assert_clean(llm)
+
+
+@pytest.mark.parametrize("mode", ["unmerged", "mixture"])
+def test_one_vision_pass_encodes_the_images_of_several_adapters(refs, mode, monkeypatch):
+    """The step's image requests share one vision pass (segments per request, each with its
+    own adapter, corrected in mixture mode) and still match HF + PEFT per adapter."""
+    ckpt, dirs, expected = refs
+    llm = LLM(ckpt, device="cpu", lora_modules=dirs, scheduler="valora", lora_backend="torch",
+              policy_options={"force_mode": mode}, max_num_batched_tokens=4096)  # fmt: skip
+    model, passes = llm.engine.model, []
+    encode = model.encode_images
+
+    def counted(pixels, grids):
+        passes.append(len(grids))
+        return encode(pixels, grids)
+
+    monkeypatch.setattr(model, "encode_images", counted)
+    assert_matches(run_mixed(llm, ["one_image", "two_images"]), expected)
+    images = sum(len(CONVERSATIONS[p][1]) for p in ("one_image", "two_images")) * len(NAMES)
+    assert sum(passes) == images and max(passes) > 2  # several requests' images per pass
+    assert_clean(llm)

@@ -13,11 +13,14 @@ def test_profile_step_pins_each_mode_and_times_every_forward(tmp_path):
     engine_args = ("--model-setting tiny --device cpu --num-adapter 2 --lora-backend torch "
                    "--scheduler valora --no-prefix-caching --num-token 8192")  # fmt: skip
     profile_step.main(["--engine_args", engine_args, "--adapters", "lora0", "lora1", "base",
-                       "--modes", "mixture", "unmerged", "--rounds", "2", "--top", "3",
+                       "--task", "vqa", "vat", "--modes", "mixture", "unmerged", "--rounds", "2",
+                       "--top", "3",
                        "--max-output-tokens", "3", "--out", str(out)])  # fmt: skip
     result = json.loads(out.read_text())
-    assert set(result["modes"]) == {"mixture", "unmerged"}
-    for mode, record in result["modes"].items():
+    assert set(result["tasks"]) == {"vqa", "vat"}
+    for task_modes in result["tasks"].values():
+        assert set(task_modes) == {"mixture", "unmerged"}
+    for mode, record in [m for t in result["tasks"].values() for m in t.items()]:
         rounds = record["rounds"]
         assert len(rounds) == 2 and record["kernels"]
         for steps in rounds:

@@ -153,12 +153,13 @@ class LoRAManager:
         self.num_switches += 1
         return seconds
 
-    def set_vision_adapter(self, request: Request, num_patches: int) -> None:
-        """Segments for encoding one request's images (all patches use its adapter)."""
-        windows = num_patches // self.model_config.vision.spatial_merge_size**2
+    def set_vision_adapters(self, requests: list[Request], num_patches: list[int]) -> None:
+        """Segments for encoding these requests' images in one vision pass, in order (each
+        request's ``num_patches`` rows use its adapter)."""
+        slots = [self.slot_of(r) for r in requests]
+        windows = [p // self.model_config.vision.spatial_merge_size**2 for p in num_patches]
         for group, rows in (("vision", num_patches), ("merger", windows)):
-            _, own, corr = step_segments([self.slot_of(request)], [rows], self.merged_slot,
-                                         self.pool.device)  # fmt: skip
+            _, own, corr = step_segments(slots, rows, self.merged_slot, self.pool.device)
             self.runtime.set_segments(group, own, corr)
 
 

@@ -9,11 +9,13 @@ the current forward, per row group (language tokens, vision patches, merger wind
 - ``correction`` (mixture mode): rows not of the merged adapter m -> ``y -= c_m B_m A_m x``,
   which with m folded into the base weights gives them exactly ``W x + c_i B_i A_i x``.
 
-Either may be None (no launch). On CUDA with a backend that has separate shrink and expand
-(ATMM), the shrinks run on a side stream while the base GEMM runs, and the expands follow the
-join (also inside CUDA graphs: fork and join are captured). The runner sets the segments before
-each forward
-(``set_segments``); CUDA graphs set them once to static buffers at capture.
+Either may be None (no launch). Inside CUDA graphs, with a backend that has separate shrink and
+expand (ATMM), the shrinks run on a side stream while the base GEMM runs and the expands follow
+the join (fork and join are captured, so replays pay no host cost for them). Eager forwards
+(prefills) launch the halves in order on one stream: there every op is launched from Python, and
+the fork and join cost the host more per linear than the overlap saved. The runner sets the
+segments before each forward (``set_segments``); CUDA graphs set them once to static buffers at
+capture.
 """
 
 from __future__ import annotations
@@ -31,14 +33,23 @@ Segments = tuple[LoRASegments | None, LoRASegments | None]  # (own, correction)
 
 def build_segments(row_slots: list[int], device, max_seg_len: int | None = None) -> LoRASegments:
     """Runs of equal slots over the rows -> one segment each."""
-    lens, slots = [], []
-    for slot in row_slots:
-        if slots and slots[-1] == slot:
-            lens[-1] += 1
+    return segments_from_runs(row_slots, [1] * len(row_slots), device, max_seg_len)
+
+
+def segments_from_runs(slots: list[int], lens: list[int], device,
+                       max_seg_len: int | None = None) -> LoRASegments:  # fmt: skip
+    """Runs of ``lens[i]`` rows of slot ``slots[i]`` -> segments, adjacent equal slots joined
+    (empty runs dropped)."""
+    seg_lens, seg_slots = [], []
+    for slot, n in zip(slots, lens):
+        if n == 0:
+            continue
+        if seg_slots and seg_slots[-1] == slot:
+            seg_lens[-1] += n
         else:
-            lens.append(1)
-            slots.append(slot)
-    return LoRASegments.build(lens, slots, device, max_seg_len)
+            seg_lens.append(n)
+            seg_slots.append(slot)
+    return LoRASegments.build(seg_lens, seg_slots, device, max_seg_len)
 
 
 class LoRARuntime:
@@ -85,10 +96,10 @@ class LoRARuntime:
             self.backend.add_lora(y, x, self.prepared(buffers, layer, True), correction)
 
     def begin(self, x: torch.Tensor, buffers: TargetBuffers, layer: int) -> list | None:
-        """With a side stream: start the shrinks there (they need only x), so they run while
-        the base GEMM runs on the main stream; ``finish`` joins and expands. None: nothing
-        started (no side stream, or no LoRA rows)."""
-        if self.side_stream is None:
+        """While a CUDA graph is captured, with a side stream: start the shrinks there (they
+        need only x), so they run while the base GEMM runs on the main stream; ``finish`` joins
+        and expands. None: nothing started (eager, no side stream, or no LoRA rows)."""
+        if self.side_stream is None or not torch.cuda.is_current_stream_capturing():
             return None
         jobs = [(segs, neg) for segs, neg in zip(self.segments[buffers.spec.row_group],
                                                  (False, True)) if segs is not None]  # fmt: skip
@@ -178,10 +189,11 @@ def step_segments(seq_slots: list[int], query_lens: list[int], merged_slot: int 
     mode = lora_mode(seq_slots, merged_slot)
     if mode in ("none", "merged"):
         return mode, None, None
-    rows = [s for s, n in zip(seq_slots, query_lens) for _ in range(n)]
     if mode == "unmerged":
-        return mode, build_segments(rows, device), None
-    own = [-1 if s == merged_slot else s for s in rows]
-    corr = [-1 if s == merged_slot else merged_slot for s in rows]
-    own_segs = build_segments(own, device) if any(s >= 0 for s in own) else None
-    return mode, own_segs, build_segments(corr, device)
+        return mode, segments_from_runs(seq_slots, query_lens, device), None
+    own = [-1 if s == merged_slot else s for s in seq_slots]
+    corr = [-1 if s == merged_slot else merged_slot for s in seq_slots]
+    own_segs = None
+    if any(s >= 0 and n > 0 for s, n in zip(own, query_lens)):
+        own_segs = segments_from_runs(own, query_lens, device)
+    return mode, own_segs, segments_from_runs(corr, query_lens, device)
