@@ -1,5 +1,6 @@
 """Shared pytest setup: the ``gpu`` marker skips without CUDA; without CUDA, Triton kernels run
-in the CPU interpreter (set before anything imports triton)."""
+in the CPU interpreter (set before anything imports triton); GPU memory is freed after each GPU
+test."""
 
 from __future__ import annotations
 
@@ -24,3 +25,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _free_gpu_memory(request: pytest.FixtureRequest):
+    """After a GPU test, collect its engines (reference cycles hold them) and return their
+    cached blocks, so the next test's KV cache sizing sees the whole GPU."""
+    yield
+    if "gpu" in request.keywords and torch.cuda.is_available():
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
