@@ -21,7 +21,7 @@ from valora.config import ModelConfig, is_model_setting
 from valora.cuda_graphs import DecodeGraphs, GraphForward, capture_sizes
 from valora.engine_stats import EngineStats
 from valora.forward import EagerForward
-from valora.inputs import PromptType, build_request
+from valora.inputs import ProcessedPrompt, PromptType, build_request, process_prompt
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner
 from valora.orchestrator import make_policy
@@ -190,10 +190,15 @@ class LLMEngine:
                                        cfg.head_dim, self.config.dtype)  # fmt: skip
 
     # ---- requests -------------------------------------------------------------------------
+    def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
+        """Tokenize and process the images of ``prompt`` (no engine state: thread-safe, so a
+        server runs it off the engine thread and hands the result to ``add_request``)."""
+        return process_prompt(prompt, self.tokenizer, self.model_config)
+
     def add_request(
         self,
         request_id: str,
-        prompt: PromptType,
+        prompt: PromptType | ProcessedPrompt,
         params: SamplingParams | None = None,
         adapter: str | None = None,
     ) -> Request:

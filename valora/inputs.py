@@ -6,11 +6,19 @@ raw prompt carries one ``<|image_pad|>`` per image, expanded here to that image'
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from valora.config import ModelConfig
 from valora.mrope import mrope_positions
-from valora.multimodal import ImageProcessorConfig, expand_image_placeholders, process_image
+from valora.multimodal import (
+    ImageProcessorConfig,
+    ProcessedImage,
+    expand_image_placeholders,
+    process_image,
+)
 from valora.request import ImageSpan, Request
 from valora.sampling_params import SamplingParams
 from valora.tokenizer import Tokenizer
@@ -39,15 +47,26 @@ def parse_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None, list
     )
 
 
-def build_request(
-    request_id: str,
+@dataclass(frozen=True)
+class ProcessedPrompt:
+    """A prompt tokenized, its images processed and placed: what a ``Request`` needs of it.
+    Made without engine state (``process_prompt``), so servers make it off the engine thread."""
+
+    token_ids: list[int]
+    images: list[ProcessedImage]
+    image_spans: list[ImageSpan]
+    mrope_positions: np.ndarray  # [3, len(token_ids)]
+    rope_delta: int
+
+
+def process_prompt(
     prompt: PromptType,
-    params: SamplingParams,
     tokenizer: Tokenizer,
     model_config: ModelConfig,
-    adapter: tuple[str, int] | None = None,
     image_config: ImageProcessorConfig | None = None,
-) -> Request:
+) -> ProcessedPrompt:
+    """Tokenize, check the ids, process the images and expand their placeholders (CPU only;
+    thread-safe)."""
     text, token_ids, raw_images = parse_prompt(prompt)
     if token_ids is None:
         token_ids = tokenizer.encode(text)
@@ -61,16 +80,31 @@ def build_request(
     token_ids = expand_image_placeholders(token_ids, images, pad)
     merge = model_config.vision.spatial_merge_size
     positions, rope_delta = mrope_positions(token_ids, [im.grid_thw for im in images], pad, merge)
+    return ProcessedPrompt(token_ids, images, _image_spans(token_ids, images, pad), positions,
+                           rope_delta)  # fmt: skip
+
+
+def build_request(
+    request_id: str,
+    prompt: PromptType | ProcessedPrompt,
+    params: SamplingParams,
+    tokenizer: Tokenizer,
+    model_config: ModelConfig,
+    adapter: tuple[str, int] | None = None,
+    image_config: ImageProcessorConfig | None = None,
+) -> Request:
+    if not isinstance(prompt, ProcessedPrompt):
+        prompt = process_prompt(prompt, tokenizer, model_config, image_config)
     return Request(
         request_id=request_id,
-        prompt_token_ids=token_ids,
+        prompt_token_ids=list(prompt.token_ids),
         sampling_params=params,
         adapter_id=adapter[0] if adapter else None,
         adapter_version=adapter[1] if adapter else 0,
-        images=images,
-        image_spans=_image_spans(token_ids, images, pad),
-        mrope_positions=positions,
-        rope_delta=rope_delta,
+        images=prompt.images,
+        image_spans=prompt.image_spans,
+        mrope_positions=prompt.mrope_positions,
+        rope_delta=prompt.rope_delta,
         eos_token_ids=model_config.eos_token_ids,
     )
 

@@ -96,6 +96,26 @@ def test_chat_with_an_image_stream_and_not(client):
     assert len({c.id for c in chunks}) == 1
 
 
+def test_images_are_processed_off_the_engine_thread(server, client, monkeypatch):
+    """Tokenizing and image processing run in worker threads, not between the engine's steps."""
+    engine = server[1]
+    threads = {"process": set(), "step": set()}
+    process, step = engine.process_prompt, engine.step
+
+    def recorded(kind, fn):
+        def call(*args):
+            threads[kind].add(threading.get_ident())
+            return fn(*args)
+
+        return call
+
+    monkeypatch.setattr(engine, "process_prompt", recorded("process", process))
+    monkeypatch.setattr(engine, "step", recorded("step", step))
+    assert chat_with_image(client, "lora1", **GREEDY).usage.completion_tokens == 6
+    assert threads["process"] and threads["step"]
+    assert not threads["process"] & threads["step"]
+
+
 def test_adapters_change_the_output(client):
     outs = {m: chat_with_image(client, m, **GREEDY).choices[0].message.content
             for m in ("tiny", "lora0", "lora3")}  # fmt: skip

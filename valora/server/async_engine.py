@@ -2,7 +2,9 @@
 to it through a command queue and get their outputs on per-request asyncio queues.
 
 Invariants
-- Only the engine thread touches the ``LLMEngine`` (commands run there, between steps).
+- Only the engine thread touches the ``LLMEngine`` (commands run there, between steps), except
+  ``process_prompt`` (tokenizer and image processor, no engine state), which worker threads
+  run so a burst of image requests does not stall the steps.
 - A request added to the engine ends in exactly one of: a finished output, or an abort (its
   consumer went away: disconnect or cancel), so its KV blocks and adapter pin are always freed.
 - At most ``max_pending`` requests are in flight; one more gets ``EngineOverloaded`` (-> 503).
@@ -83,7 +85,9 @@ class AsyncEngine:
         self._streams[request_id] = (asyncio.get_running_loop(), outputs)
         finished = False
         try:
-            await self.call(self._add, request_id, prompt, params, adapter)
+            # tokenizing and image processing run in a worker thread, beside the engine's steps
+            processed = await asyncio.to_thread(self.engine.process_prompt, prompt)
+            await self.call(self._add, request_id, processed, params, adapter)
             while not finished:
                 out = await outputs.get()
                 if isinstance(out, Exception):
