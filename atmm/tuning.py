@@ -28,14 +28,15 @@ _GEMV_MAX_SEG_LEN = 4  # default: up to this many rows per segment take the GEMV
 _TARGET_PROGRAMS = 264  # default split-K aims at about 2 programs per SM of an H100
 
 
-def _pow2_ceil(n: int) -> int:
+def pow2_ceil(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, n - 1).bit_length()
 
 
 def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int | str, num_slices: int,
                max_rank: int) -> str:  # fmt: skip
     return (
-        f"{op}|m{_pow2_ceil(max_seg_len)}|s{_pow2_ceil(num_segments)}|d{dim}"
+        f"{op}|m{pow2_ceil(max_seg_len)}|s{pow2_ceil(num_segments)}|d{dim}"
         f"|l{num_slices}|r{max_rank}"
     )
 
@@ -80,7 +81,7 @@ def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slice
         return table[key]
     # the default of the bucket's upper corner: one config per bucket, as with a table (a
     # config per exact shape would make Triton compile afresh for every new segment count)
-    m, s = _pow2_ceil(max_seg_len), _pow2_ceil(num_segments)
+    m, s = pow2_ceil(max_seg_len), pow2_ceil(num_segments)
     return default_config(op, m, s, dim, num_slices, max_rank, device)
 
 
@@ -101,7 +102,7 @@ def default_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_s
     """Safe everywhere (power-of-two blocks >= 16); on a GPU, shaped after what the H100 tuning
     picks most: split-K to fill the SMs for short segments, wide N tiles for the expand."""
     if device.type != "cuda":  # the interpreter: small blocks, no split
-        block_r = max(16, min(64, _pow2_ceil(max_rank)))
+        block_r = max(16, min(64, pow2_ceil(max_rank)))
         base = {"path": "gemv" if max_seg_len <= _GEMV_MAX_SEG_LEN else "tile", "BLOCK_M": 16,
                 "num_warps": 4, "num_stages": 1}  # fmt: skip
         if op == "shrink":
@@ -112,7 +113,7 @@ def default_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_s
     config = {"path": path, "BLOCK_M": block_m, "num_warps": 4, "num_stages": 3}
     if op == "shrink":
         block_k = 128 if path == "gemv" else 64
-        block_r = max(16, min(64 if path == "gemv" else 128, _pow2_ceil(max_rank)))
+        block_r = max(16, min(64 if path == "gemv" else 128, pow2_ceil(max_rank)))
         r_chunks = -(-max_rank // block_r)
         m_tiles = max(1, -(-max_seg_len // (1 if path == "gemv" else block_m)))
         programs = num_segments * m_tiles * num_slices * r_chunks

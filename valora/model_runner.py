@@ -48,7 +48,7 @@ def encoder_groups(requests: list[Request], budget: int) -> list[list[Request]]:
     """Consecutive groups of at most ``budget`` image tokens (a request over it alone)."""
     groups, tokens = [], 0
     for request in requests:
-        n = sum(s.num_tokens for s in request.image_spans)
+        n = request.num_image_tokens
         if not groups or tokens + n > budget:
             groups.append([])
             tokens = 0
@@ -177,8 +177,7 @@ class ModelRunner:
                 patches = [sum(im.pixel_values.shape[0] for im in r.images) for r in group]
                 self.lora.set_vision_adapters(group, patches)
             embeds = self.model.encode_images(pixels, [im.grid_thw for im in images])
-            counts = [sum(s.num_tokens for s in r.image_spans) for r in group]
-            for request, rows in zip(group, embeds.split(counts)):
+            for request, rows in zip(group, embeds.split([r.num_image_tokens for r in group])):
                 self._encoder_cache[request.request_id] = rows
 
     def _sample(self, logits: torch.Tensor, requests: list[Request]) -> dict[str, SampledToken]:

@@ -73,6 +73,11 @@ class Request:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
 
     @property
+    def num_image_tokens(self) -> int:
+        """The prompt's ``<|image_pad|>`` tokens: one vision embedding each."""
+        return sum(s.num_tokens for s in self.image_spans)
+
+    @property
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 

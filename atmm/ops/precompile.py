@@ -16,13 +16,13 @@ import torch
 
 from atmm.ops.expand import launch_expand
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import _pow2_ceil, get_config
+from atmm.tuning import get_config, pow2_ceil
 from atmm.types import LoRASegments, LoRAWeights
 
 
 def _pow2_upto(limit: int) -> list[int]:
     """1, 2, 4 ... up to the bucket that holds ``limit`` itself."""
-    return [1 << i for i in range(_pow2_ceil(limit).bit_length())]
+    return [1 << i for i in range(pow2_ceil(limit).bit_length())]
 
 
 def reachable_buckets(max_tokens: int, max_segments: int) -> list[tuple[int, int]]:

@@ -3,14 +3,15 @@ of image tokens per pass, and a request over it alone."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 from valora.model_runner import encoder_groups
-from valora.request import ImageSpan
+from valora.request import ImageSpan, Request
+from valora.sampling_params import SamplingParams
 
 
-def _request(*image_tokens: int) -> SimpleNamespace:
-    return SimpleNamespace(image_spans=[ImageSpan(0, n, "", i) for i, n in enumerate(image_tokens)])
+def _request(*image_tokens: int) -> Request:
+    spans = [ImageSpan(0, n, "", i) for i, n in enumerate(image_tokens)]
+    return Request(request_id="r", prompt_token_ids=[0] * sum(image_tokens),
+                   sampling_params=SamplingParams(), image_spans=spans)  # fmt: skip
 
 
 def test_groups_fill_the_budget_in_order_and_a_large_request_goes_alone():

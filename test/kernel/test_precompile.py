@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("triton")
 
 from atmm.ops.precompile import distinct_configs, precompile, reachable_buckets  # noqa: E402
-from atmm.tuning import _pow2_ceil  # noqa: E402
+from atmm.tuning import pow2_ceil  # noqa: E402
 from atmm.workloads import make_weights  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -19,7 +19,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("max_tokens,max_segments", [(3, 2), (8, 4), (9, 3), (16, 16), (5, 1)])
 def test_reachable_buckets_are_those_of_some_batch(max_tokens, max_segments):
     # a batch of p segments whose longest has L rows exists iff L + (p - 1) rows fit
-    seen = {(_pow2_ceil(longest), _pow2_ceil(parts))
+    seen = {(pow2_ceil(longest), pow2_ceil(parts))
             for parts in range(1, max_segments + 1) for longest in range(1, max_tokens + 1)
             if longest + parts - 1 <= max_tokens}  # fmt: skip
     assert set(reachable_buckets(max_tokens, max_segments)) == seen

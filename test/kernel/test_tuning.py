@@ -67,10 +67,10 @@ def test_the_default_is_one_config_per_bucket(table_dir, monkeypatch):
     for op, dim in (("shrink", 3584), ("expand", 4608)):
         for m, s in ((1, 5), (3, 17), (100, 3), (700, 2)):
             bucket = tuning.get_config(op, m, s, dim, 3, 64, torch.bfloat16, gpu)
-            corner = tuning.default_config(op, tuning._pow2_ceil(m), tuning._pow2_ceil(s), dim,
+            corner = tuning.default_config(op, tuning.pow2_ceil(m), tuning.pow2_ceil(s), dim,
                                            3, 64, gpu)  # fmt: skip
             assert bucket == corner
-            for m2 in range(tuning._pow2_ceil(m) // 2 + 1, tuning._pow2_ceil(m) + 1):
+            for m2 in range(tuning.pow2_ceil(m) // 2 + 1, tuning.pow2_ceil(m) + 1):
                 assert tuning.get_config(op, m2, s, dim, 3, 64, torch.bfloat16, gpu) == bucket
     # split-K follows the bucket's segment count (more segments, fewer splits)
     few = tuning.get_config("shrink", 1, 1, 3584, 1, 64, torch.bfloat16, gpu)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from atmm.tuning import pow2_ceil
+
 
 @dataclass
 class SliceMerge:
@@ -34,7 +36,7 @@ class SliceMerge:
 def rank_tile(rank: int) -> int:
     """The merge kernel's rank tile (a constexpr: one compiled kernel per value): the next
     power of two of the largest rank, at least 16."""
-    return max(16, 1 << max(0, rank - 1).bit_length())
+    return max(16, pow2_ceil(rank))
 
 
 def torch_merge_layers(job: SliceMerge) -> None:
