@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import time
 from dataclasses import dataclass
 
@@ -25,13 +26,15 @@ from valora.inputs import ProcessedPrompt, PromptType, build_request, process_pr
 from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner
 from valora.orchestrator import make_policy
-from valora.orchestrator.base import AdapterKey
+from valora.orchestrator.base import AdapterKey, Plan
 from valora.output_processor import OutputProcessor, SampledToken
 from valora.request import Request, RequestOutput, RequestStatus
 from valora.sampling_params import SamplingParams
 from valora.scheduler import OpenGate, Scheduler, SchedulerConfig, SchedulerOutput
 from valora.tokenizer import Tokenizer
 from valora.weights import load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -202,7 +205,11 @@ class LLMEngine:
         params: SamplingParams | None = None,
         adapter: str | None = None,
     ) -> Request:
-        """``adapter`` names a loaded adapter (its newest version); None: the base model."""
+        """``adapter`` names a loaded adapter (its newest version); None: the base model.
+        Everything a step will use is checked here (ValueError), so a bad request is refused
+        before it can reach a step: the prompt fits the context and the KV cache, ``max_tokens``
+        None becomes the context left after the prompt (as vLLM), and the adapter's host copy
+        is present and verified (``AdapterUnavailable`` if its files changed or vanished)."""
         if request_id in self._requests:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
@@ -216,6 +223,12 @@ class LLMEngine:
                 f"prompt of {request.num_prompt_tokens} tokens does not fit: the context limit "
                 f"is {max_len} tokens and the KV cache holds {capacity}"
             )
+        if params.max_tokens is None:  # validated again: min_tokens must fit what is left
+            request.sampling_params = dataclasses.replace(
+                params, max_tokens=max_len - request.num_prompt_tokens
+            )
+        if key is not None:
+            self.lora.registry.weights(key)  # host copy held while the request lives
         self.scheduler.add_request(request)
         self._requests[request_id] = request
         self.outputs.add(request)
@@ -238,42 +251,89 @@ class LLMEngine:
         self.outputs.output(request)  # drops the per-request state
         return True
 
+    def abort_all(self) -> list[str]:
+        """Abort every unfinished request (e.g. after a step failed for reasons no single
+        request explains); returns their ids."""
+        ids = list(self._requests)
+        for request_id in ids:
+            self.abort(request_id)
+        return ids
+
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
+    def resource_usage(self) -> dict[str, int]:
+        """What unfinished requests hold: with none left, every count but the idle cached
+        blocks is 0 (a soak's leak check)."""
+        bm = self.block_manager
+        pins = 0 if self.lora is None else self.lora.num_request_pins()
+        return {"num_unfinished": len(self._requests),
+                "num_waiting": len(self.scheduler.waiting),
+                "num_running": len(self.scheduler.running),
+                "kv_blocks_total": bm.num_blocks,
+                "kv_blocks_in_use": bm.num_blocks - bm.num_free_blocks,
+                "adapter_pins": pins}  # fmt: skip
+
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """One step. A request whose computation raises fails alone (an output with ``error``
+        set; its blocks and pin freed); the others of its batch go on (``ModelRunner.
+        execute_isolating`` finds it by running the batch's requests one at a time)."""
         sched = self._schedule()
         if sched.is_empty:
             return []
         start = time.perf_counter()
-        sampled = self.runner.execute(sched)  # ends with the sampled tokens on the host
-        record = self.runner.step_record(time.perf_counter() - start)
-        self.policy.observe(record)
-        self.stats.record_step(record)
-        ready = self.scheduler.update(sched)
-        outputs = (self._append(request, sampled[request.request_id]) for request in ready)
-        return [out for out in outputs if out is not None]
+        sampled, failed = self.runner.execute_isolating(sched)
+        if not failed:  # an isolated step's times say nothing about the batch
+            record = self.runner.step_record(time.perf_counter() - start)
+            self.policy.observe(record)
+            self.stats.record_step(record)
+        outputs = [self._fail(request, exc) for request, exc in failed]
+        ready = self.scheduler.update(sched.without([r for r, _ in failed]))
+        for request in ready:
+            try:
+                out = self._append(request, sampled[request.request_id])
+            except Exception as exc:  # detokenizing or a stop rule: this request alone
+                out = self._fail(request, exc)
+            if out is not None:
+                outputs.append(out)
+        return outputs
 
     def _schedule(self) -> SchedulerOutput:
-        """The policy's plan (switching the merged adapter if it changes), then the batch. A
-        plan that holds every runnable request is dropped for this step, so nothing stalls."""
-        sched = self.scheduler
-        plan = self.policy.plan(sched.waiting, sched.running, self.lora and self.lora.merged,
-                                time.monotonic())  # fmt: skip
-        if self.lora is not None and self.lora.merger is not None:
-            if plan.merged != self.lora.merged:
-                self.switch_merged(plan.merged)
+        """The policy's plan (switching the merged adapter if it changes and fits), then the
+        batch. A plan that holds every runnable request is dropped for this step, and a merged
+        adapter whose pin keeps every waiting request out of the pool is unmerged, so nothing
+        stalls. A policy that raises is logged and replaced by "keep the mode, hold nobody"."""
+        sched, lora = self.scheduler, self.lora
+        merged = lora and lora.merged
+        try:
+            plan = self.policy.plan(sched.waiting, sched.running, merged, time.monotonic())
+        except Exception:
+            log.exception("the %s policy failed to plan; keeping the mode", self.policy.name)
+            plan = Plan(merged=merged)
+        if lora is not None and lora.merger is not None and plan.merged != lora.merged:
+            self.switch_merged(plan.merged)
         out = sched.schedule(plan.hold)
         if out.is_empty and plan.hold is not None and sched.num_unfinished:
             out = sched.schedule()
-        if self.lora is not None:
-            self.lora.prefetch(list(itertools.islice(sched.waiting, 4)))
+        if out.is_empty and sched.num_unfinished and lora is not None and lora.merged:
+            self.switch_merged(None)  # its pin may be what keeps the pool full
+            out = sched.schedule()
+        if lora is not None:
+            lora.prefetch(list(itertools.islice(sched.waiting, 4)))
         return out
 
     def switch_merged(self, key: AdapterKey | None) -> None:
-        """Hold ``key`` merged (None: unmerge): the switch, told to the policy and counted."""
-        seconds = self.lora.switch(key)
+        """Hold ``key`` merged (None: unmerge): the switch, told to the policy and counted. A
+        switch the adapter pool has no room for is not made, and one that fails leaves nothing
+        merged; either way the step's rows run unmerged and nobody fails."""
+        try:
+            seconds = self.lora.switch(key)
+        except Exception:  # the merger is back on the base weights: the step runs unmerged
+            log.exception("switching the merged adapter to %s failed; running unmerged", key)
+            return
+        if seconds is None:
+            return
         self.policy.observe_switch(seconds)
         self.stats.record_switch(seconds)
 
@@ -284,14 +344,22 @@ class LLMEngine:
             self._finish(request, status)
         return self.outputs.output(request)
 
-    def _finish(self, request: Request, status: RequestStatus) -> None:
+    def _fail(self, request: Request, exc: Exception) -> RequestOutput:
+        """End one request whose step raised: its blocks and pins freed, an error output."""
+        log.error("request %s failed in a step", request.request_id, exc_info=exc)
+        self._finish(request, RequestStatus.FINISHED_ABORTED, flush=False)
+        message = f"internal error while computing this request ({type(exc).__name__})"
+        return self.outputs.error_output(request, message)
+
+    def _finish(self, request: Request, status: RequestStatus, flush: bool = True) -> None:
         self.scheduler.finish(request, status)
         self.runner.release(request.request_id)
         if request.adapter_id is not None:
             self.lora.registry.unref((request.adapter_id, request.adapter_version))
         self._requests.pop(request.request_id, None)
         request.finish_time = time.monotonic()
-        self.outputs.finish(request)
+        if flush:
+            self.outputs.finish(request)
 
 
 def _attention_backend(kv_cache: KVCache, device: str):

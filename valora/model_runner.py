@@ -9,6 +9,7 @@ embedding rows that fall in the chunk.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -23,6 +24,8 @@ from valora.orchestrator import StepRecord
 from valora.output_processor import SampledToken
 from valora.request import Request
 from valora.scheduler import SchedulerOutput
+
+log = logging.getLogger(__name__)
 
 
 def token_positions(request: Request, start: int, end: int) -> np.ndarray:
@@ -88,6 +91,26 @@ class ModelRunner:
         if logits is None:
             return {}
         return self._sample(logits, batch.sample_requests)
+
+    def execute_isolating(
+        self, sched: SchedulerOutput
+    ) -> tuple[dict[str, SampledToken], list[tuple[Request, Exception]]]:
+        """``execute``, and if the batch raises, each of its requests again on its own: ->
+        (sampled tokens of the requests that ran, (request, exception) of those that raise
+        alone). Re-running is safe: a failed step advanced no request (KV rows are rewritten
+        at the same slots, the encoder cache re-encodes what it dropped)."""
+        try:
+            return self.execute(sched), []
+        except Exception:
+            log.exception("a step of %d requests raised; running them one at a time",
+                          len(sched.requests))  # fmt: skip
+        sampled, failed = {}, []
+        for request, num in zip(sched.requests, sched.num_new_tokens):
+            try:
+                sampled.update(self.execute(SchedulerOutput([request], [num])))
+            except Exception as exc:
+                failed.append((request, exc))
+        return sampled, failed
 
     def prepare(self, sched: SchedulerOutput) -> StepBatch:
         self._encode_images(sched)

@@ -86,6 +86,14 @@ class OutputProcessor:
             track.num_sent_chars = end_char
         return _request_output(request, track.text[first_char:end_char], first_token)
 
+    def error_output(self, request: Request, message: str) -> RequestOutput:
+        """The final output of a request that failed inside a step (its state dropped)."""
+        self._tracks.pop(request.request_id, None)
+        out = _request_output(request, "", len(request.output_token_ids))
+        out.outputs[0].finish_reason = "error"
+        out.error = message
+        return out
+
     def _stop_status(self, request: Request, track: _Track, piece_len: int):
         params, token = request.sampling_params, request.output_token_ids[-1]
         num_out = len(request.output_token_ids)
@@ -137,4 +145,5 @@ def _request_output(request: Request, text: str, first_token: int) -> RequestOut
         first_token_time=request.first_token_time,
         finish_time=request.finish_time,
         num_cached_tokens=request.num_cached_tokens,
+        num_output_tokens=len(request.output_token_ids),
     )

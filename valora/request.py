@@ -136,3 +136,5 @@ class RequestOutput:
     finish_time: float | None
     num_cached_tokens: int = 0
     prompt: str | None = None
+    num_output_tokens: int = 0  # generated so far (a DELTA output carries only the new ones)
+    error: str | None = None  # set when the request failed inside a step (finished is True)

@@ -96,6 +96,16 @@ class SchedulerOutput:
         self.requests.append(request)
         self.num_new_tokens.append(num_tokens)
 
+    def without(self, dropped: list[Request]) -> SchedulerOutput:
+        """The same step less ``dropped`` (requests that failed and were finished)."""
+        if not dropped:
+            return self
+        out = SchedulerOutput(preempted=self.preempted)
+        for request, num in zip(self.requests, self.num_new_tokens):
+            if not any(request is d for d in dropped):
+                out.add(request, num)
+        return out
+
 
 class Scheduler:
     def __init__(

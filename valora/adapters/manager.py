@@ -61,12 +61,13 @@ class LoRAManager:
         self.num_switches = 0
 
     # ---- adapters -------------------------------------------------------------------------
-    def add_adapter(self, name: str, path: str | Path) -> int:
-        """Load and validate a PEFT adapter directory; returns the new version."""
+    def add_adapter(self, name: str, path: str | Path, root: str | Path | None = None) -> int:
+        """Load and validate a PEFT adapter directory; returns the new version. With ``root``,
+        every file read (now and on re-reads) must resolve to a path under it."""
         cfg, rank, dtype, pickle = (self.model_config, self.config.max_lora_rank, self.dtype,
                                     self.config.allow_pickle)  # fmt: skip
         source = lambda: self._keep_towers(  # noqa: E731
-            load_peft_adapter(path, name, cfg, rank, dtype, allow_pickle=pickle)
+            load_peft_adapter(path, name, cfg, rank, dtype, allow_pickle=pickle, root=root)
         )
         return self.registry.register(name, source, str(path))
 
@@ -136,8 +137,9 @@ class LoRAManager:
     def merged_slot(self) -> int | None:
         return None if self.merged is None else self.pool.slot(self.merged)
 
-    def switch(self, key: AdapterKey | None) -> float:
-        """Merge ``key`` into the base (None: unmerge); pins it while merged. Seconds taken."""
+    def switch(self, key: AdapterKey | None) -> float | None:
+        """Merge ``key`` into the base (None: unmerge); pins it while merged. Seconds taken, or
+        None when the pool has no room to pin ``key`` (nothing changes then)."""
         if self.merger is None:
             raise RuntimeError("this engine's policy never merges (no pristine weights kept)")
         old = self.merger.merged
@@ -145,13 +147,25 @@ class LoRAManager:
             return 0.0
         adapter = None
         if key is not None:
+            if not self.pool.can_acquire(key, self.registry.rank(key)):
+                return None
             adapter = self.registry.weights(key)
             self.pool.acquire(key, adapter)
-        seconds = self.merger.switch(key, adapter)
+        try:
+            seconds = self.merger.switch(key, adapter)
+        except Exception:  # the merger went back to the base weights: nothing is merged
+            for pinned in {key, old} - {None}:
+                self.pool.release(pinned)
+            raise
         if old is not None:
             self.pool.release(old)
         self.num_switches += 1
         return seconds
+
+    def num_request_pins(self) -> int:
+        """Pool pins held by requests (the merged adapter's own pin not counted)."""
+        pins = sum(r.pins for r in self.pool.resident.values())
+        return pins - (self.merged is not None)
 
     def set_vision_adapters(self, requests: list[Request], num_patches: list[int]) -> None:
         """Segments for encoding these requests' images in one vision pass, in order (each

@@ -144,7 +144,11 @@ class BaseWeightMerger:
         for module in self._merged_modules - new_modules:
             self.sites[module].restore()
         if key is not None:
-            self._merge(adapter, self.pool.slot(key))
+            try:
+                self._merge(adapter, self.pool.slot(key))
+            except Exception:  # back to the base weights everywhere: never half merged
+                self._restore_all(self._merged_modules | new_modules)
+                raise
         for site in self.sites.values():
             site.use_overlay(key is not None)
         self.merged, self._merged_modules = key, new_modules
@@ -154,6 +158,13 @@ class BaseWeightMerger:
         self.num_switches += 1
         self.switch_seconds += seconds
         return seconds
+
+    def _restore_all(self, modules: set[Module]) -> None:
+        for module in modules:
+            self.sites[module].restore()
+        for site in self.sites.values():
+            site.use_overlay(False)
+        self.merged, self._merged_modules = None, set()
 
     def _merge(self, adapter: LoRAAdapter, slot: int) -> None:
         """One ``merge_layers`` call per (target, slice), covering every layer it trains."""

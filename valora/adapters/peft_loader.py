@@ -13,15 +13,18 @@ Only plain LoRA on linear layers is accepted; anything that would change the mat
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 
 from valora.adapters.targets import TargetSpec, model_targets
 from valora.adapters.types import LoRAAdapter, LoRAModule
@@ -55,9 +58,12 @@ def load_peft_adapter(
     max_rank: int,
     dtype: torch.dtype = torch.float32,
     allow_pickle: bool = False,
+    root: str | Path | None = None,
 ) -> LoRAAdapter:
-    """Read a PEFT LoRA adapter directory and validate it against the model ``cfg``."""
-    config, tensors = _read_adapter(Path(path), allow_pickle)
+    """Read a PEFT LoRA adapter directory and validate it against the model ``cfg``. With
+    ``root``, every file read must resolve (symlinks followed) to a path under it. The
+    adapter's ``content_hash`` is the SHA-256 of the bytes read."""
+    config, tensors, digest = _read_adapter(Path(path), allow_pickle, root)
     _check_config(config, path)
     pairs = _pair_tensors(tensors)
     slices = [_make_slice(module, a, b, config, cfg, max_rank) for module, (a, b) in pairs.items()]
@@ -68,27 +74,60 @@ def load_peft_adapter(
             raise ValueError(f"adapter trains slice {s.index} of {key} twice (two key layouts?)")
         grouped.setdefault(key, []).append(s)
     modules = {key: _stack(group, dtype) for key, group in grouped.items()}
-    return LoRAAdapter(name, modules)
+    return LoRAAdapter(name, modules, digest)
 
 
-def _read_adapter(path: Path, allow_pickle: bool) -> tuple[dict, dict[str, torch.Tensor]]:
+def _read_adapter(
+    path: Path, allow_pickle: bool, root: str | Path | None
+) -> tuple[dict, dict[str, torch.Tensor], str]:
+    """-> (config, tensors, SHA-256 of the bytes read). Each file is read once, so the hash
+    covers exactly what was parsed."""
     if not path.is_dir():
         raise FileNotFoundError(f"adapter directory not found: {path}")
-    config_file = path / CONFIG_FILE
-    if not config_file.is_file():
-        raise FileNotFoundError(f"{config_file} not found (not a PEFT adapter directory?)")
-    config = json.loads(config_file.read_text())
+    config_bytes = _read_confined(path / CONFIG_FILE, root)
+    try:
+        config = json.loads(config_bytes)
+    except ValueError as exc:
+        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / CONFIG_FILE} must hold a JSON object")
     if (path / SAFETENSORS_FILE).is_file():
-        return config, load_file(str(path / SAFETENSORS_FILE), device="cpu")
-    if (path / PICKLE_FILE).is_file():
+        data = _read_confined(path / SAFETENSORS_FILE, root)
+        tensors = _parse(lambda: safetensors_load(data), path / SAFETENSORS_FILE)
+    elif (path / PICKLE_FILE).is_file():
         if not allow_pickle:
             raise ValueError(
                 f"{path / PICKLE_FILE} is a pickled adapter; loading pickled adapters needs the "
                 "explicit opt-in allow_pickle=True (or convert it to safetensors)"
             )
-        tensors = torch.load(path / PICKLE_FILE, map_location="cpu", weights_only=True)
-        return config, dict(tensors)
-    raise FileNotFoundError(f"neither {SAFETENSORS_FILE} nor {PICKLE_FILE} found in {path}")
+        data = _read_confined(path / PICKLE_FILE, root)
+        tensors = _parse(lambda: dict(torch.load(io.BytesIO(data), map_location="cpu",
+                                                 weights_only=True)), path / PICKLE_FILE)  # fmt: skip
+    else:
+        raise FileNotFoundError(f"neither {SAFETENSORS_FILE} nor {PICKLE_FILE} found in {path}")
+    digest = hashlib.sha256(config_bytes + b"\0" + data).hexdigest()
+    return config, tensors, digest
+
+
+def _read_confined(file: Path, root: str | Path | None) -> bytes:
+    """The file's bytes; with ``root``, only if its real path (symlinks resolved) is under
+    the real ``root``."""
+    real = Path(os.path.realpath(file))
+    if root is not None and not real.is_relative_to(os.path.realpath(root)):
+        raise PermissionError(f"{file} resolves to a path outside the adapter root")
+    if not real.is_file():
+        raise FileNotFoundError(f"{file} not found (not a PEFT adapter directory?)")
+    return real.read_bytes()
+
+
+def _parse(read, file: Path) -> dict[str, torch.Tensor]:
+    try:
+        tensors = read()
+    except Exception as exc:  # safetensors / unpickling errors have their own classes
+        raise ValueError(f"cannot read the tensors of {file}: {exc}") from exc
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise ValueError(f"{file} holds something other than tensors")
+    return tensors
 
 
 def _check_config(config: dict, path: str | Path) -> None:
@@ -274,7 +313,7 @@ def dummy_adapter(
             a = torch.randn(num_slices, rank, k, generator=gen) / math.sqrt(k)  # [S, r, K]
             b = torch.randn(rank, n, generator=gen) / math.sqrt(rank) * 0.5  # [r, N]
             modules[(spec.name, layer)] = LoRAModule(a.to(dtype), b.to(dtype), 2.0)
-    return LoRAAdapter(name, modules)
+    return LoRAAdapter(name, modules, f"dummy rank {rank} seed {seed} towers {sorted(towers)}")
 
 
 def dummy_ranks(num_adapters: int, ranks: Sequence[int] = (8, 16, 32, 64)) -> list[int]:

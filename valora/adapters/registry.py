@@ -3,9 +3,12 @@
 Each ``register`` of a name creates a new version; requests carry (name, version), so a request
 admitted before a reload finishes on the weights it started with and the prefix cache (seeded
 with the version) never hands the new version the old version's KV blocks. Host weights (pinned
-on CUDA) are kept in an LRU cache of at most ``max_cpu_loras`` adapters; an evicted one is read
-again from its source (the PEFT directory, or the seed of a dummy adapter) when needed. A version
-that was replaced keeps its weights in memory until its last request is done (``unref``).
+on CUDA) are kept in an LRU cache of at most ``max_cpu_loras`` adapters not in use; the copy of an
+adapter with unfinished requests (``refs`` > 0) is never evicted, so a step never reads files.
+An evicted copy is read again from its source (the PEFT directory, or the seed of a dummy
+adapter) on a later request's admission, and served only if its content hash equals the one
+recorded at load: a version is immutable (``AdapterUnavailable`` if its files changed or
+vanished). A version that was replaced keeps its weights until its last request is done.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from valora.adapters.types import LoRAAdapter
+from valora.adapters.types import AdapterUnavailable, LoRAAdapter
 
 AdapterKey = tuple[str, int]
 
@@ -25,6 +28,7 @@ class AdapterEntry:
     rank: int
     source: Callable[[], LoRAAdapter]  # re-reads the weights (disk or dummy seed)
     description: str  # the path, or "dummy rank R seed S"
+    content_hash: str  # of what was validated at load; a re-read must match it
     refs: int = 0  # unfinished requests of this version
 
 
@@ -51,7 +55,8 @@ class AdapterRegistry:
         self._next_version[name] = version
         old = self.latest.get(name)
         self.latest[name] = version
-        self.entries[key] = AdapterEntry(key, adapter.rank, source, description)
+        self.entries[key] = AdapterEntry(key, adapter.rank, source, description,
+                                         adapter.content_hash)  # fmt: skip
         self._cache(key, adapter)
         if old is not None:
             self._forget_if_unused((name, old))
@@ -75,12 +80,28 @@ class AdapterRegistry:
         return self.entries[key].rank
 
     def weights(self, key: AdapterKey) -> LoRAAdapter:
+        """The host copy, re-read (and verified) if it was evicted."""
         adapter = self._host.get(key)
         if adapter is None:
-            adapter = self.entries[key].source()
+            adapter = self._reread(self.entries[key])
             self.host_loads += 1
             self._cache(key, adapter)
         self._host.move_to_end(key)
+        return adapter
+
+    @staticmethod
+    def _reread(entry: AdapterEntry) -> LoRAAdapter:
+        name, version = entry.key
+        try:
+            adapter = entry.source()
+        except Exception as exc:
+            raise AdapterUnavailable(f"adapter {name!r} (version {version}) cannot be read again "
+                                     f"from {entry.description}: {exc}") from exc  # fmt: skip
+        if adapter.content_hash != entry.content_hash:
+            raise AdapterUnavailable(
+                f"adapter {name!r} (version {version}): its files in {entry.description} changed "
+                "since it was loaded; load it again to serve the new weights"
+            )
         return adapter
 
     def ref(self, key: AdapterKey) -> None:
@@ -91,6 +112,7 @@ class AdapterRegistry:
         entry.refs -= 1
         if self.latest.get(key[0]) != key[1]:
             self._forget_if_unused(key)
+        self._trim()
 
     def _forget_if_unused(self, key: AdapterKey) -> None:
         entry = self.entries.get(key)
@@ -99,9 +121,13 @@ class AdapterRegistry:
             self._host.pop(key, None)
 
     def _cache(self, key: AdapterKey, adapter: LoRAAdapter) -> None:
-        """Keep the host copy; evict the least recently used copies of *current* versions over
-        the limit (a replaced version's source may now read the new weights: it stays)."""
         self._host[key] = adapter.pin_memory() if self.pin_memory else adapter
-        current = [k for k in self._host if self.latest.get(k[0]) == k[1] and k != key]
+        self._trim(keep=key)
+
+    def _trim(self, keep: AdapterKey | None = None) -> None:
+        """Evict the least recently used copies over the limit among *current* versions that no
+        request uses (a replaced version's source may now read the new weights: it stays)."""
+        current = [k for k in self._host if self.latest.get(k[0]) == k[1] and k != keep
+                   and self.entries[k].refs == 0]  # fmt: skip
         while len(self._host) > self.max_cpu_loras and current:
             self._host.pop(current.pop(0))

@@ -37,12 +37,18 @@ class LoRAModule:
         return self.scaling * torch.cat(rows)
 
 
+class AdapterUnavailable(ValueError):
+    """A registered adapter cannot be served any more: its source vanished or changed since it
+    was loaded and validated (only its own requests fail)."""
+
+
 @dataclass
 class LoRAAdapter:
     """Host copy of one adapter (a name and version are given by the registry)."""
 
     name: str
     modules: dict[tuple[str, int], LoRAModule] = field(default_factory=dict)
+    content_hash: str = ""  # of the source read (files' bytes, or the dummy's seed and rank)
 
     @property
     def rank(self) -> int:
