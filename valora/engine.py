@@ -192,6 +192,20 @@ class LLMEngine:
         return KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
                                        cfg.head_dim, self.config.dtype)  # fmt: skip
 
+    # ---- what the engine serves -----------------------------------------------------------
+    @property
+    def max_model_len(self) -> int:
+        """The context limit: prompt plus output tokens of one request."""
+        return self.scheduler.config.max_model_len
+
+    def adapters(self) -> dict[str, str]:
+        """Loaded adapters (newest versions): name -> where it came from (path or dummy)."""
+        if self.lora is None:
+            return {}
+        registry = self.lora.registry
+        return {name: registry.entries[registry.resolve(name)].description
+                for name in registry.names()}  # fmt: skip
+
     # ---- requests -------------------------------------------------------------------------
     def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
         """Tokenize and process the images of ``prompt`` (no engine state: thread-safe, so a
@@ -223,6 +237,9 @@ class LLMEngine:
                 f"prompt of {request.num_prompt_tokens} tokens does not fit: the context limit "
                 f"is {max_len} tokens and the KV cache holds {capacity}"
             )
+        vocab = self.model_config.vocab_size
+        if any(t >= vocab for t in params.stop_token_ids):
+            raise ValueError(f"stop_token_ids must lie in [0, {vocab})")
         if params.max_tokens is None:  # validated again: min_tokens must fit what is left
             request.sampling_params = dataclasses.replace(
                 params, max_tokens=max_len - request.num_prompt_tokens

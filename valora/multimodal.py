@@ -88,7 +88,8 @@ def load_image(source, cfg: ImageProcessorConfig = ImageProcessorConfig()) -> Im
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
+                image = Image.open(io.BytesIO(data))  # reads the header only
+                _check_pixels(image, cfg)  # before a single pixel is decoded
                 image.load()
         except (
             OSError,
@@ -97,12 +98,16 @@ def load_image(source, cfg: ImageProcessorConfig = ImageProcessorConfig()) -> Im
             Image.DecompressionBombError,
         ) as exc:
             raise ValueError(f"cannot decode image: {exc}") from exc
+    _check_pixels(image, cfg)
+    return _to_rgb(image)
+
+
+def _check_pixels(image: Image.Image, cfg: ImageProcessorConfig) -> None:
     if image.width * image.height > cfg.max_input_pixels:
         raise ValueError(
             f"image of {image.width}x{image.height} pixels exceeds the limit of "
             f"{cfg.max_input_pixels} pixels"
         )
-    return _to_rgb(image)
 
 
 def _image_bytes(source, cfg: ImageProcessorConfig) -> bytes:
@@ -112,6 +117,8 @@ def _image_bytes(source, cfg: ImageProcessorConfig) -> bytes:
         header, sep, payload = source.partition(",")
         if not sep or ";base64" not in header:
             raise ValueError("image data URL must look like data:image/<type>;base64,<data>")
+        if len(payload) * 3 // 4 > cfg.max_input_bytes:  # refused before decoding
+            raise ValueError(f"image data URL exceeds the limit of {cfg.max_input_bytes} bytes")
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError) as exc:

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import NoReturn
 
 MAX_LOGPROBS = 20
+SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as OpenAI's ``seed``
 
 
 def _is_int(x: object) -> bool:
@@ -88,8 +89,10 @@ class SamplingParams:
         _check_range("repetition_penalty", self.repetition_penalty, "> 0", lambda x: x > 0)
         for name in ("presence_penalty", "frequency_penalty"):
             _check_range(name, getattr(self, name), "in [-2, 2]", lambda x: -2 <= x <= 2)
-        if self.seed is not None and not _is_int(self.seed):
-            _fail("seed", "None or an int", self.seed)
+        if self.seed is not None and not (
+            _is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]
+        ):
+            _fail("seed", "None or an int64 (in [-2**63, 2**63 - 1])", self.seed)
         if not all(isinstance(s, str) and s for s in self.stop):
             _fail("stop", "a string or a list of non-empty strings", self.stop)
         if not all(_is_int(t) and t >= 0 for t in self.stop_token_ids):

@@ -164,7 +164,7 @@ class LoRAManager:
 
     def num_request_pins(self) -> int:
         """Pool pins held by requests (the merged adapter's own pin not counted)."""
-        pins = sum(r.pins for r in self.pool.resident.values())
+        pins = sum(r.pins for r in list(self.pool.resident.values()))  # list(): one GIL hold
         return pins - (self.merged is not None)
 
     def set_vision_adapters(self, requests: list[Request], num_patches: list[int]) -> None:

@@ -11,20 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
 import valora
 from valora.engine import LLMEngine
 from valora.sampling_params import RequestOutputKind
-from valora.server.async_engine import AsyncEngine, EngineFailed, EngineOverloaded
+from valora.server.async_engine import AsyncEngine, EngineDead, EngineFailed
+from valora.server.errors import (
+    BodyLimit,
+    ModelNotFound,
+    error,
+    install_error_handlers,
+    key_check,
+)
 from valora.server.media import MediaPolicy
 from valora.server.metrics import ServerMetrics
 from valora.server.prompts import chat_prompt, completion_prompt
@@ -47,18 +53,8 @@ class ServerConfig:
     max_pending: int = 1024  # requests in flight before 503
     lora_root: str | None = None  # runtime adapter loads only from under here (None: disabled)
     retry_after_s: int = 1
-
-
-class ModelNotFound(Exception):
-    pass
-
-
-class Unauthorized(Exception):
-    pass
-
-
-def error(status: int, message: str, kind: str = "invalid_request_error", headers=None):
-    return JSONResponse(error_body(message, kind, status), status_code=status, headers=headers)
+    max_request_body_bytes: int = 32 << 20  # larger bodies get 413
+    enable_docs: bool = True  # /docs, /redoc, /openapi.json (behind the API key like the rest)
 
 
 def build_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
@@ -72,57 +68,41 @@ def build_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
         runner.shutdown()
 
     app = FastAPI(title="VaLoRA", version=valora.__version__, lifespan=lifespan,
-                  dependencies=[Depends(_check_key(config))])  # fmt: skip
+                  docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(key_check(config.api_key))])  # fmt: skip
     app.state.engine, app.state.runner, app.state.config = engine, runner, config
-    _install_errors_and_auth(app, config)
-    _add_info_routes(app, engine, config, metrics)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_body_bytes)
+    install_error_handlers(app, config.retry_after_s)
+    if config.enable_docs:
+        _add_doc_routes(app)
+    _add_info_routes(app, engine, runner, config, metrics)
     _add_adapter_routes(app, engine, runner, config)
     _add_generation_routes(app, engine, runner, config)
     return app
 
 
-def _install_errors_and_auth(app: FastAPI, config: ServerConfig) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid_body(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error(400, f"invalid request: {where or 'body'}: {first.get('msg', exc)}")
+def _add_doc_routes(app: FastAPI) -> None:
+    """FastAPI's docs as ordinary routes, so the API key guards them too."""
 
-    @app.exception_handler(ValueError)
-    async def bad_value(request: Request, exc: ValueError):
-        return error(400, str(exc))
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi():
+        return JSONResponse(app.openapi())
 
-    @app.exception_handler(ModelNotFound)
-    async def not_found(request: Request, exc: ModelNotFound):
-        return error(404, str(exc), "not_found_error")
+    @app.get("/docs", include_in_schema=False)
+    async def docs():
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="VaLoRA API")
 
-    @app.exception_handler(EngineOverloaded)
-    async def overloaded(request: Request, exc: EngineOverloaded):
-        headers = {"Retry-After": str(config.retry_after_s)}
-        return error(503, f"server overloaded ({exc}); retry later", "overloaded", headers)
-
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, exc: Unauthorized):
-        return error(401, "invalid or missing API key", "authentication_error")
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc():
+        return get_redoc_html(openapi_url="/openapi.json", title="VaLoRA API")
 
 
-def _check_key(config: ServerConfig):
-    """A dependency of every route but /health (not an HTTP middleware: those wrap streaming
-    responses in an extra task)."""
-
-    async def check(request: Request) -> None:
-        if config.api_key is None or request.url.path == "/health":
-            return
-        given = request.headers.get("authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {config.api_key}".encode()):
-            raise Unauthorized()
-
-    return check
-
-
-def _add_info_routes(app, engine: LLMEngine, config: ServerConfig, metrics) -> None:
+def _add_info_routes(app, engine: LLMEngine, runner: AsyncEngine, config: ServerConfig,
+                     metrics) -> None:  # fmt: skip
     @app.get("/health")
     async def health():
+        if not runner.is_alive:
+            return error(503, "the engine has stopped", "engine_dead")
         return Response(status_code=200)
 
     @app.get("/version")
@@ -138,18 +118,15 @@ def _add_info_routes(app, engine: LLMEngine, config: ServerConfig, metrics) -> N
         created = int(time.time())
         base = config.served_model_name
         cards = [_card(base, config.model_root or base, None, created, engine)]
-        if engine.lora is not None:
-            registry = engine.lora.registry
-            for name in registry.names():
-                entry = registry.entries[registry.resolve(name)]
-                cards.append(_card(name, entry.description, base, created, engine))
+        for name, description in engine.adapters().items():
+            cards.append(_card(name, description, base, created, engine))
         return {"object": "list", "data": cards}
 
 
 def _card(model_id: str, root: str, parent: str | None, created: int, engine) -> dict:
     return {"id": model_id, "object": "model", "created": created, "owned_by": "valora",
             "root": root, "parent": parent,
-            "max_model_len": engine.scheduler.config.max_model_len}  # fmt: skip
+            "max_model_len": engine.max_model_len}  # fmt: skip
 
 
 def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> None:
@@ -160,27 +137,37 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
         if config.lora_root is None:
             return error(400, "runtime adapter loading is disabled (start with --lora-root DIR)")
         if body.lora_name == config.served_model_name:
-            return error(400, f"{body.lora_name!r} is the base model's name")
-        path = Path(body.lora_path).resolve()
-        if not path.is_relative_to(Path(config.lora_root).resolve()):
-            return error(400, f"adapter path {body.lora_path!r} is outside the allowed root")
-        version = await runner.call(engine.lora.add_adapter, body.lora_name, str(path))
+            return error(400, f"{body.lora_name!r} is the base model's name", param="lora_name")
+        root = Path(config.lora_root).resolve()
+        path = Path(root, body.lora_path).resolve()  # relative paths are under the root
+        if not path.is_relative_to(root):
+            return error(400, f"adapter path {body.lora_path!r} is outside the allowed root",
+                         param="lora_path")  # fmt: skip
+        try:  # every file is resolved again (symlinks) and must stay under the root
+            version = await runner.call(engine.lora.add_adapter, body.lora_name, str(path), root)
+        except FileNotFoundError as exc:
+            return error(404, f"cannot load adapter {body.lora_name!r}: {exc}", param="lora_path")
+        except (OSError, ValueError) as exc:
+            return error(400, f"cannot load adapter {body.lora_name!r}: {exc}", param="lora_path")
         verb = "added" if version == 1 else f"reloaded (version {version})"
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' {verb} successfully.")
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_adapter(body: UnloadLoRAAdapterRequest):
-        if engine.lora is None or body.lora_name not in engine.lora.registry.latest:
-            return error(404, f"adapter {body.lora_name!r} is not loaded", "not_found_error")
+        if body.lora_name not in engine.adapters():
+            return error(404, f"adapter {body.lora_name!r} is not loaded", param="lora_name")
         # requests already running on it finish on its weights; new ones cannot name it
-        await runner.call(engine.lora.remove_adapter, body.lora_name)
+        try:
+            await runner.call(engine.lora.remove_adapter, body.lora_name)
+        except KeyError:  # unloaded by a concurrent call
+            return error(404, f"adapter {body.lora_name!r} is not loaded", param="lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
 def _adapter_for(engine: LLMEngine, config: ServerConfig, model: str) -> str | None:
     if model in (config.served_model_name, config.model_root):
         return None
-    if engine.lora is not None and model in engine.lora.registry.latest:
+    if model in engine.adapters():
         return model
     raise ModelNotFound(f"the model {model!r} does not exist")
 
@@ -268,6 +255,8 @@ async def _stream(builder: ChunkBuilder, first, outputs, include_usage: bool):
             yield builder.usage(out)
     except EngineFailed as exc:
         yield sse(error_body(str(exc), "internal_error", 500))
+    except EngineDead as exc:
+        yield sse(error_body(f"the server cannot serve requests: {exc}", "engine_dead", 503))
     finally:
         await outputs.aclose()  # a disconnect lands here: the request is aborted
     yield "data: [DONE]\n\n"

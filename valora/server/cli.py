@@ -57,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) images")
     p.add_argument("--max-images-per-request", type=int, default=8)
+    p.add_argument("--max-image-pixels", type=int, default=32 << 20,
+                   help="images whose header says more pixels are refused before decoding")
     p.add_argument("--max-pending", type=int, default=1024, help="in-flight requests before 503")
+    p.add_argument("--max-request-body-bytes", type=int, default=32 << 20,
+                   help="larger request bodies get 413")
+    p.add_argument("--disable-fastapi-docs", action="store_true",
+                   help="no /docs, /redoc, /openapi.json (with --api-key they need the key)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="on SIGTERM: seconds in-flight requests get to finish before they are "
+                        "aborted (new requests get 503 meanwhile)")  # fmt: skip
     return p
 
 
@@ -101,20 +110,39 @@ def build_server(args: argparse.Namespace):
         )
     name = args.served_model_name or model
     media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
+                        max_image_pixels=args.max_image_pixels,
                         max_images_per_request=args.max_images_per_request)  # fmt: skip
-    config = ServerConfig(name, model, args.api_key, media, args.max_pending, args.lora_root)
+    config = ServerConfig(name, model, args.api_key, media, args.max_pending, args.lora_root,
+                          max_request_body_bytes=args.max_request_body_bytes,
+                          enable_docs=not args.disable_fastapi_docs)  # fmt: skip
     return build_app(llm.engine, config), llm.engine, name
 
 
-def main(argv: list[str] | None = None) -> None:
+def draining_server(app, host: str, port: int, shutdown_timeout: float, **kwargs):
+    """A uvicorn server that drains on SIGTERM / SIGINT: new requests get 503 at once, requests
+    in flight get ``shutdown_timeout`` seconds to finish (then they are aborted), and the
+    process exits. A second signal exits at once."""
     import uvicorn
 
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            app.state.runner.drain()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=shutdown_timeout,
+                            **kwargs)  # fmt: skip
+    return DrainingServer(config)
+
+
+def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     app, engine, name = build_server(args)
-    adapters = engine.lora.registry.names() if engine.lora is not None else []
+    adapters = list(engine.adapters())
     print(f"serving {name!r} at http://{args.host}:{args.port}/v1 (scheduler {args.scheduler})")
     print(f"adapters ({len(adapters)}): {', '.join(adapters) or 'none'}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    server = draining_server(app, args.host, args.port, args.shutdown_timeout,
+                             log_level="warning")  # fmt: skip
+    server.run()
 
 
 if __name__ == "__main__":

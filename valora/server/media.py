@@ -3,7 +3,8 @@
 Accepted: ``data:image/...;base64,`` URLs; local files (``file://`` or a plain path) only under
 ``allowed_local_media_path`` (resolved, so ``..`` and symlinks cannot leave it); http(s) only when
 ``allow_remote_media`` is on, fetched with a timeout and a size cap. Everything else, and any
-image that does not decode, raises ``ValueError`` (-> 400).
+image that does not decode, raises ``ValueError`` (-> 400). Byte size and the header's pixel
+count are checked before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ class MediaPolicy:
     allowed_local_media_path: str | None = None  # None: no local files
     allow_remote_media: bool = False
     fetch_timeout_s: float = 10.0
-    max_image_bytes: int = 20 << 20
+    max_image_bytes: int = 20 << 20  # encoded size, checked before decoding
+    max_image_pixels: int = 32 << 20  # width x height from the header, checked before decoding
     max_images_per_request: int = 8
 
 
 def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
     """Decode one image_url (blocking: run it off the event loop)."""
-    config = ImageProcessorConfig(max_input_bytes=policy.max_image_bytes)
+    config = ImageProcessorConfig(max_input_bytes=policy.max_image_bytes,
+                                  max_input_pixels=policy.max_image_pixels)  # fmt: skip
     if url.startswith("data:"):
         return load_image(url, config)
     parsed = urlparse(url)

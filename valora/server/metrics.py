@@ -23,13 +23,18 @@ class EngineCollector:
 
     def collect(self):
         e, m = self.engine, self.metrics
-        bm = e.block_manager
-        yield GaugeMetricFamily("valora_num_requests_waiting", "Requests waiting",
-                                value=len(e.scheduler.waiting))  # fmt: skip
-        yield GaugeMetricFamily("valora_num_requests_running", "Requests running",
-                                value=len(e.scheduler.running))  # fmt: skip
-        yield GaugeMetricFamily("valora_kv_cache_usage_perc", "Fraction of KV blocks in use",
-                                value=1 - bm.num_free_blocks / bm.num_blocks)  # fmt: skip
+        usage = e.resource_usage()
+        for name, doc, value in (
+            ("valora_num_requests_waiting", "Requests waiting", usage["num_waiting"]),
+            ("valora_num_requests_running", "Requests running", usage["num_running"]),
+            ("valora_kv_cache_usage_perc", "Fraction of KV blocks in use (idle cached blocks "
+             "count as free)", usage["kv_blocks_in_use"] / usage["kv_blocks_total"]),
+            ("valora_kv_blocks_in_use", "KV blocks held by unfinished requests",
+             usage["kv_blocks_in_use"]),
+            ("valora_lora_request_pins", "Adapter pool pins held by unfinished requests",
+             usage["adapter_pins"]),
+        ):  # fmt: skip
+            yield GaugeMetricFamily(name, doc, value=value)
         hit = m.cached_tokens / m.prompt_tokens if m.prompt_tokens else 0.0
         doc = "Prompt tokens served from the prefix cache"
         yield GaugeMetricFamily("valora_prefix_cache_hit_rate", doc, value=hit)
@@ -80,12 +85,13 @@ class ServerMetrics:
         self.registry.register(EngineCollector(engine, self))
 
     def observe(self, out: RequestOutput) -> None:
-        """A finished request (engine thread)."""
+        """A finished request (engine thread); streamed (DELTA) and final outputs count the
+        same (``num_output_tokens`` is the request's total, not the last chunk's)."""
         completion = out.outputs[0]
         self.prompt_tokens += len(out.prompt_token_ids)
         self.cached_tokens += out.num_cached_tokens
         self.finished.labels(completion.finish_reason or "abort").inc()
-        num_out = len(completion.token_ids)
+        num_out = out.num_output_tokens  # the whole request's, whatever the output kind
         self.generation_tokens.inc(num_out)
         if out.first_token_time is None or out.finish_time is None:
             return

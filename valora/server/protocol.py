@@ -3,7 +3,9 @@
 Unknown fields are ignored (clients send many); known ones are validated here, and the sampling
 fields become a ``SamplingParams`` (which validates their values). Besides OpenAI's fields, the
 ones vLLM accepts are taken too: ``top_k``, ``min_p``, ``repetition_penalty``, ``ignore_eos``,
-``stop_token_ids``, ``min_tokens``.
+``stop_token_ids``, ``min_tokens``. OpenAI fields this server does not implement yet
+(``UNSUPPORTED``) are refused by name with a 400 unless they hold their no-op value: a request
+never silently loses what it asked for.
 """
 
 from __future__ import annotations
@@ -19,6 +21,27 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+class RequestError(ValueError):
+    """A bad request (-> 400) about one field (``param``, OpenAI's error ``param``)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+# field -> the values that ask for nothing (accepted); anything else -> 400 naming the field
+UNSUPPORTED: dict[str, tuple[Any, ...]] = {
+    "response_format": (None, {"type": "text"}),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "logit_bias": (None, {}),
+    "best_of": (None, 1),
+    "suffix": (None, ""),
+}
+
+
 class StreamOptions(_Body):
     include_usage: bool = False
 
@@ -30,7 +53,7 @@ class _Sampling(_Body):
     top_p: float = 1.0
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = 0.0
@@ -42,11 +65,26 @@ class _Sampling(_Body):
     ignore_eos: bool = False
     stop_token_ids: list[int] = Field(default_factory=list)
     min_tokens: int = 0
+    # OpenAI fields not implemented yet: refused unless no-op (``UNSUPPORTED``)
+    response_format: Any = None
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    logit_bias: Any = None
+    best_of: Any = None
+
+    def check_supported(self) -> None:
+        for name, no_ops in UNSUPPORTED.items():
+            value = getattr(self, name, None)
+            if not any(value == no_op for no_op in no_ops):
+                raise RequestError(f"'{name}' is not supported by this server yet", name)
 
     def sampling_params(self, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
         """Raises ValueError (-> 400) on invalid values."""
+        self.check_supported()
         if self.n != 1:
-            raise ValueError("only n=1 is supported")
+            raise RequestError("only n=1 is supported", "n")
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         return SamplingParams(
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, min_p=self.min_p,
@@ -94,6 +132,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str]
     logprobs: int | None = None
     echo: bool = False
+    suffix: str | None = None
 
 
 class LoadLoRAAdapterRequest(_Body):
