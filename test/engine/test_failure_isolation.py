@@ -1,0 +1,143 @@
+"""A request that breaks a step fails alone: the engine's other requests finish exactly as they
+would have without it, and nothing it held (KV blocks, adapter pins) is left behind. Also the
+admission checks that keep bad requests out of steps, and merged switches that do not fit."""
+
+from __future__ import annotations
+
+import pytest
+
+from valora.llm import LLM
+from valora.sampling_params import SamplingParams
+
+GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+PROMPTS = [f"request {i}: tell me" for i in range(6)]
+POISON = "poison pill"
+
+
+def new_llm(**kwargs) -> LLM:
+    options = dict(num_token=2048, num_dummy_adapters=4, lora_backend="torch", max_model_len=256)
+    return LLM("tiny", device="cpu", **{**options, **kwargs})
+
+
+def run(engine, prompts: list[str], adapters: list[str | None], params=GREEDY) -> dict:
+    """Steps until done; -> request id -> final output."""
+    for i, (prompt, adapter) in enumerate(zip(prompts, adapters)):
+        engine.add_request(f"r{i}", prompt, params, adapter)
+    finals = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out
+    return finals
+
+
+def assert_nothing_held(engine) -> None:
+    usage = engine.resource_usage()
+    assert usage["num_unfinished"] == usage["kv_blocks_in_use"] == usage["adapter_pins"] == 0
+
+
+@pytest.fixture(scope="module")
+def clean_tokens():
+    engine = new_llm().engine
+    adapters = ["lora0", "lora1", None, "lora2", "lora3", "lora0"]
+    finals = run(engine, PROMPTS, adapters)
+    return adapters, {rid: out.outputs[0].token_ids for rid, out in finals.items()}
+
+
+def poison_prepare(engine, poison_ids: list[int]):
+    """Make any step whose batch holds the poison prompt raise, as a bug hit by one request
+    would (fault injection)."""
+    prepare = engine.runner.prepare
+
+    def faulty(sched):
+        if any(r.prompt_token_ids[: len(poison_ids)] == poison_ids for r in sched.requests):
+            raise RuntimeError("injected fault")
+        return prepare(sched)
+
+    engine.runner.prepare = faulty
+
+
+def test_a_request_that_breaks_the_step_fails_alone(clean_tokens):
+    adapters, expected = clean_tokens
+    engine = new_llm().engine
+    poison_prepare(engine, engine.tokenizer.encode(POISON))
+    finals = run(engine, [*PROMPTS, POISON + " now"], [*adapters, "lora1"])
+    bad = finals.pop(f"r{len(PROMPTS)}")
+    assert bad.error and "RuntimeError" in bad.error and bad.outputs[0].finish_reason == "error"
+    assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
+    assert all(out.error is None for out in finals.values())
+    assert_nothing_held(engine)
+
+
+def test_a_request_whose_output_processing_raises_fails_alone(clean_tokens):
+    adapters, expected = clean_tokens
+    engine = new_llm().engine
+    append = engine.outputs.append
+
+    def faulty(request, token):
+        if request.request_id == "r1":
+            raise ValueError("detokenizer exploded")
+        return append(request, token)
+
+    engine.outputs.append = faulty
+    finals = run(engine, PROMPTS, adapters)
+    assert finals.pop("r1").error
+    assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == {
+        rid: t for rid, t in expected.items() if rid != "r1"
+    }
+    assert_nothing_held(engine)
+
+
+def test_max_tokens_none_on_an_adapter_under_the_valora_policy():
+    """The normal OpenAI call (no max_tokens) used to crash the VaLoRA policy's cost model."""
+    engine = new_llm(scheduler="valora", max_model_len=64).engine
+    params = SamplingParams(temperature=0, max_tokens=None, ignore_eos=True)
+    finals = run(engine, PROMPTS[:3], ["lora0", "lora1", "lora0"], params)
+    for out in finals.values():
+        assert out.error is None and out.outputs[0].finish_reason == "length"
+        assert len(out.prompt_token_ids) + len(out.outputs[0].token_ids) == 64
+    assert_nothing_held(engine)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(seed=2**64), "seed"),
+    (dict(seed=-(2**63) - 1), "seed"),
+])  # fmt: skip
+def test_out_of_range_values_are_refused_at_construction(bad, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingParams(**bad)
+
+
+def test_admission_refuses_what_a_step_could_not_use():
+    engine = new_llm(max_model_len=64).engine
+    with pytest.raises(ValueError, match="stop_token_ids"):
+        engine.add_request("a", "hi", SamplingParams(stop_token_ids=[10**9]))
+    with pytest.raises(ValueError, match="min_tokens"):  # more than the context left
+        engine.add_request("b", "hi", SamplingParams(max_tokens=None, min_tokens=100))
+    assert_nothing_held(engine)
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.parametrize("mode", ["merged", "mixture"])
+def test_a_pool_of_one_adapter_with_merges_serves_every_request(clean_tokens, mode):
+    """--max-loras 1 (rows for one rank-64 adapter): pinning the merged adapter must never need
+    room the pool does not have; every request finishes with the unmerged run's tokens."""
+    adapters, expected = clean_tokens
+    engine = new_llm(scheduler="valora", max_loras=1,
+                     policy_options={"force_mode": mode}).engine  # fmt: skip
+    finals = run(engine, PROMPTS, adapters)
+    assert all(out.error is None for out in finals.values())
+    assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
+    assert_nothing_held(engine)
+
+
+def test_a_policy_that_raises_keeps_the_engine_serving(clean_tokens):
+    adapters, expected = clean_tokens
+    engine = new_llm().engine
+
+    def broken(*args):
+        raise TypeError("policy bug")
+
+    engine.policy.plan = broken
+    finals = run(engine, PROMPTS, adapters)
+    assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
