@@ -50,6 +50,8 @@ setup(
             "prometheus-client>=0.20",
             "openai>=1.30",
             "httpx>=0.25",
+            # property-based fuzzing of the HTTP surface from its OpenAPI schema
+            "schemathesis>=4.0",
         ],
         "draw": ["matplotlib>=3.7"],
         # benchmarks/run_exp.py (trace replay client) and exp_suite.py's servers
