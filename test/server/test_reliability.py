@@ -31,9 +31,9 @@ def peft_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-root")
-    with running_server("--num-adapter", "2", "--lora-root", str(root), "--max-cpu-loras", "1",
-                        "--max-model-len", "96", "--lora-backend", "torch",
-                        "--max-request-body-bytes", str(1 << 20)) as (url, engine, app):  # fmt: skip
+    args = ("--num-adapter", "2", "--lora-root", str(root), "--max-cpu-loras", "1",
+            "--max-model-len", "96", "--lora-backend", "torch")  # fmt: skip
+    with running_server(*args) as (url, engine, app):
         yield url, engine, app, root
 
 
@@ -97,8 +97,11 @@ def test_callers_that_give_up_while_their_add_waits_do_not_kill_the_engine(serve
 
     def impatient(i: int) -> None:
         with pytest.raises(httpx.TimeoutException):
-            httpx.post(url + "/v1/chat/completions", timeout=0.5, json={
-                "model": ("tiny", "lora0")[i % 2], "messages": CHAT, "max_tokens": 8})
+            httpx.post(
+                url + "/v1/chat/completions",
+                timeout=0.5,
+                json={"model": ("tiny", "lora0")[i % 2], "messages": CHAT, "max_tokens": 8},
+            )
 
     threads = [threading.Thread(target=impatient, args=(i,)) for i in range(40)]
     for t in threads:
@@ -192,8 +195,17 @@ def load(url: str, name: str, path) -> httpx.Response:
 
 
 def chat(url: str, model: str) -> httpx.Response:
-    return httpx.post(url + "/v1/chat/completions", timeout=30, json={
-        "model": model, "messages": CHAT, "temperature": 0, "max_tokens": 6, "ignore_eos": True})
+    return httpx.post(
+        url + "/v1/chat/completions",
+        timeout=30,
+        json={
+            "model": model,
+            "messages": CHAT,
+            "temperature": 0,
+            "max_tokens": 6,
+            "ignore_eos": True,
+        },
+    )
 
 
 def test_an_evicted_adapter_whose_files_changed_or_vanished_fails_alone(server, peft_dirs):

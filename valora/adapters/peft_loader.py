@@ -101,8 +101,10 @@ def _read_adapter(
                 "explicit opt-in allow_pickle=True (or convert it to safetensors)"
             )
         data = _read_confined(path / PICKLE_FILE, root)
-        tensors = _parse(lambda: dict(torch.load(io.BytesIO(data), map_location="cpu",
-                                                 weights_only=True)), path / PICKLE_FILE)  # fmt: skip
+        unpickle = lambda: dict(  # noqa: E731
+            torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        )
+        tensors = _parse(unpickle, path / PICKLE_FILE)
     else:
         raise FileNotFoundError(f"neither {SAFETENSORS_FILE} nor {PICKLE_FILE} found in {path}")
     digest = hashlib.sha256(config_bytes + b"\0" + data).hexdigest()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -42,6 +43,8 @@ from valora.server.protocol import (
     error_body,
 )
 from valora.server.responses import ChunkBuilder, chat_response, completion_response, new_id, sse
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -257,6 +260,10 @@ async def _stream(builder: ChunkBuilder, first, outputs, include_usage: bool):
         yield sse(error_body(str(exc), "internal_error", 500))
     except EngineDead as exc:
         yield sse(error_body(f"the server cannot serve requests: {exc}", "engine_dead", 503))
+    except Exception as exc:  # building a chunk failed: end this stream with an error chunk
+        log.exception("stream %s failed", builder.id)
+        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error",
+                             500))  # fmt: skip
     finally:
         await outputs.aclose()  # a disconnect lands here: the request is aborted
     yield "data: [DONE]\n\n"

@@ -57,13 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) images")
     p.add_argument("--max-images-per-request", type=int, default=8)
-    p.add_argument("--max-image-pixels", type=int, default=32 << 20,
-                   help="images whose header says more pixels are refused before decoding")
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=32 << 20,
+        help="images whose header says more pixels are refused before decoding",
+    )
     p.add_argument("--max-pending", type=int, default=1024, help="in-flight requests before 503")
-    p.add_argument("--max-request-body-bytes", type=int, default=32 << 20,
-                   help="larger request bodies get 413")
-    p.add_argument("--disable-fastapi-docs", action="store_true",
-                   help="no /docs, /redoc, /openapi.json (with --api-key they need the key)")
+    p.add_argument(
+        "--max-request-body-bytes", type=int, default=32 << 20, help="larger request bodies get 413"
+    )
+    p.add_argument(
+        "--disable-fastapi-docs",
+        action="store_true",
+        help="no /docs, /redoc, /openapi.json (with --api-key they need the key)",
+    )
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="on SIGTERM: seconds in-flight requests get to finish before they are "
                         "aborted (new requests get 503 meanwhile)")  # fmt: skip
