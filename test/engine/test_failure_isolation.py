@@ -5,6 +5,7 @@ admission checks that keep bad requests out of steps, and merged switches that d
 from __future__ import annotations
 
 import pytest
+import torch
 
 from valora.llm import LLM
 from valora.sampling_params import SamplingParams
@@ -141,3 +142,28 @@ def test_a_policy_that_raises_keeps_the_engine_serving(clean_tokens):
     engine.policy.plan = broken
     finals = run(engine, PROMPTS, adapters)
     assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["unmerged", "mixture"])
+def test_isolation_and_small_pools_on_the_gpu(mode):
+    """The same on CUDA with the Triton kernels and decode graphs: a poisoned request fails
+    alone (its batch re-run one request at a time, graph replays included), and a one-adapter
+    pool with merges serves every request with the clean run's tokens."""
+    options = dict(device="cuda", dtype=torch.float32, lora_backend=None, scheduler="valora",
+                   policy_options={"force_mode": mode})  # fmt: skip
+    adapters = ["lora0", "lora1", None, "lora2", "lora3", "lora0"]
+    clean = new_llm(**options).engine
+    expected = {rid: o.outputs[0].token_ids for rid, o in run(clean, PROMPTS, adapters).items()}
+    del clean
+    engine = new_llm(**options).engine
+    poison_prepare(engine, engine.tokenizer.encode(POISON))
+    finals = run(engine, [*PROMPTS, POISON + " now"], [*adapters, "lora1"])
+    assert finals.pop(f"r{len(PROMPTS)}").error
+    assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
+    assert_nothing_held(engine)
+    del engine
+    small = new_llm(max_loras=1, **options).engine
+    finals = run(small, PROMPTS, adapters)
+    assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
+    assert_nothing_held(small)
