@@ -98,7 +98,8 @@ class ModelRunner:
         """``execute``, and if the batch raises, each of its requests again on its own: ->
         (sampled tokens of the requests that ran, (request, exception) of those that raise
         alone). Re-running is safe: a failed step advanced no request (KV rows are rewritten
-        at the same slots, the encoder cache re-encodes what it dropped)."""
+        at the same slots, the encoder cache re-encodes what it dropped). On CUDA a device left
+        in an error state raises from here: then the step, not a request, has failed."""
         try:
             return self.execute(sched), []
         except Exception:
@@ -110,6 +111,8 @@ class ModelRunner:
                 sampled.update(self.execute(SchedulerOutput([request], [num])))
             except Exception as exc:
                 failed.append((request, exc))
+        if failed and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # a sticky device error raises here: no request's
         return sampled, failed
 
     def prepare(self, sched: SchedulerOutput) -> StepBatch:

@@ -239,3 +239,24 @@ def test_sigterm_drains_in_flight_requests_then_exits():
         assert server.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:
         server.kill()
+
+
+def test_steps_that_keep_failing_mark_the_engine_broken():
+    """A step that raises with no request to blame fails what is in flight and the loop goes
+    on; three in a row (a broken engine) end it, so /health stops saying 200."""
+    with running_server("--lora-backend", "torch") as (url, engine, _):
+
+        def broken_step():
+            raise RuntimeError("device lost")
+
+        engine.step = broken_step
+        body = {"model": "tiny", "prompt": "x", "max_tokens": 2}
+        for _ in range(2):
+            assert_openai_error(httpx.post(url + "/v1/completions", json=body, timeout=10), 500)
+            assert httpx.get(url + "/health").status_code == 200
+        assert_openai_error(httpx.post(url + "/v1/completions", json=body, timeout=10), 500)
+        deadline = time.monotonic() + 5
+        while httpx.get(url + "/health").status_code != 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert_openai_error(httpx.post(url + "/v1/completions", json=body, timeout=10), 503)

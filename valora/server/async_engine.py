@@ -13,6 +13,9 @@ Invariants
   adapter pin are always freed.
 - At most ``max_pending`` requests are in flight; one more gets ``EngineOverloaded`` (-> 503), as
   does every new request once draining began (shutdown).
+- A step that raises (no single request to blame) fails every in-flight request and the loop
+  goes on; ``MAX_STEP_FAILURES_IN_A_ROW`` such steps end it (a broken engine, e.g. a GPU in an
+  error state, must not look healthy).
 - The loop never dies silently: if it ends (a bug it could not contain), ``is_alive`` turns
   False (-> /health 503), every waiting caller and stream gets ``EngineDead``, and so does every
   later call.
@@ -32,6 +35,10 @@ from valora.engine import LLMEngine
 from valora.request import RequestOutput
 
 log = logging.getLogger(__name__)
+
+# steps that raise (every in-flight request failed, no single one to blame) before the engine
+# counts as broken and the loop ends (/health 503, so a supervisor restarts the server)
+MAX_STEP_FAILURES_IN_A_ROW = 3
 
 
 class EngineOverloaded(Exception):
@@ -59,6 +66,7 @@ class AsyncEngine:
         self._stop = threading.Event()
         self._draining = False
         self._death: BaseException | None = None  # why the loop ended (None: running)
+        self._step_failures = 0  # steps in a row that raised
         self._thread = threading.Thread(target=self._run, name="valora-engine", daemon=True)
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -124,9 +132,8 @@ class AsyncEngine:
             await self.call(self._add, request_id, processed, params, adapter)
             while not finished:
                 out = await outputs.get()
-                if isinstance(out, Exception):
-                    finished = True  # the engine thread already ended it
-                    raise out
+                if isinstance(out, Exception):  # the cleanup still aborts it: an error sent
+                    raise out  # while its add was queued must not leave it running
                 finished = out.finished
                 yield out
         finally:
@@ -169,9 +176,13 @@ class AsyncEngine:
         try:
             outputs = self.engine.step()
         except Exception as exc:  # not one request's fault: end what is in flight, go on
-            log.exception("engine step failed")
+            self._step_failures += 1
+            log.exception("engine step failed (%d in a row)", self._step_failures)
             self._fail_all(EngineFailed(f"internal engine error ({type(exc).__name__})"))
+            if self._step_failures >= MAX_STEP_FAILURES_IN_A_ROW:  # broken: say so (/health)
+                raise
             return
+        self._step_failures = 0
         for out in outputs:
             if out.error is not None:
                 self._deliver(out.request_id, EngineFailed(out.error))
