@@ -203,8 +203,9 @@ class LLMEngine:
         if self.lora is None:
             return {}
         registry = self.lora.registry
-        return {name: registry.entries[registry.resolve(name)].description
-                for name in registry.names()}  # fmt: skip
+        latest = dict(registry.latest)  # one atomic copy: servers read this off the engine thread
+        entries = {name: registry.entries.get((name, version)) for name, version in latest.items()}
+        return {name: e.description for name, e in sorted(entries.items()) if e is not None}
 
     # ---- requests -------------------------------------------------------------------------
     def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
@@ -264,8 +265,10 @@ class LLMEngine:
         request = self._requests.get(request_id)
         if request is None or request.is_finished:
             return False
-        self._finish(request, RequestStatus.FINISHED_ABORTED)
-        self.outputs.output(request)  # drops the per-request state
+        try:
+            self._finish(request, RequestStatus.FINISHED_ABORTED)
+        finally:
+            self.outputs.discard(request)
         return True
 
     def abort_all(self) -> list[str]:
@@ -273,7 +276,10 @@ class LLMEngine:
         request explains); returns their ids."""
         ids = list(self._requests)
         for request_id in ids:
-            self.abort(request_id)
+            try:
+                self.abort(request_id)
+            except Exception:  # the others must still be released
+                log.exception("aborting request %s failed", request_id)
         return ids
 
     def has_unfinished(self) -> bool:
@@ -369,12 +375,17 @@ class LLMEngine:
         return self.outputs.error_output(request, message)
 
     def _finish(self, request: Request, status: RequestStatus, flush: bool = True) -> None:
-        self.scheduler.finish(request, status)
-        self.runner.release(request.request_id)
-        if request.adapter_id is not None:
-            self.lora.registry.unref((request.adapter_id, request.adapter_version))
-        self._requests.pop(request.request_id, None)
+        """End a request once (a second call, from a failure path, does nothing): its blocks,
+        pool pin and registry ref released even if one release raises."""
+        if self._requests.pop(request.request_id, None) is None:
+            return
         request.finish_time = time.monotonic()
+        try:
+            self.scheduler.finish(request, status)
+            self.runner.release(request.request_id)
+        finally:
+            if request.adapter_id is not None:
+                self.lora.registry.unref((request.adapter_id, request.adapter_version))
         if flush:
             self.outputs.finish(request)
 

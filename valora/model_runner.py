@@ -23,6 +23,7 @@ from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.orchestrator import StepRecord
 from valora.output_processor import SampledToken
 from valora.request import Request
+from valora.sampling_params import SamplingParams
 from valora.scheduler import SchedulerOutput
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,9 @@ class ModelRunner:
         """``execute``, and if the batch raises, each of its requests again on its own: ->
         (sampled tokens of the requests that ran, (request, exception) of those that raise
         alone). Re-running is safe: a failed step advanced no request (KV rows are rewritten
-        at the same slots, the encoder cache re-encodes what it dropped). On CUDA a device left
-        in an error state raises from here: then the step, not a request, has failed."""
+        at the same slots, the encoder cache re-encodes what it dropped). Raises when the engine
+        itself is broken (every request failed and ``check_health`` fails too, or a CUDA device
+        is left in an error state): then the step, not a request, has failed."""
         try:
             return self.execute(sched), []
         except Exception:
@@ -111,9 +113,23 @@ class ModelRunner:
                 sampled.update(self.execute(SchedulerOutput([request], [num])))
             except Exception as exc:
                 failed.append((request, exc))
-        if failed and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # a sticky device error raises here: no request's
+        if len(failed) == len(sched.requests):
+            self.check_health()  # every one failed: is it them, or the engine?
+        elif failed and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # a sticky device error raises here
         return sampled, failed
+
+    def check_health(self) -> None:
+        """Compute one plain token (base model, no image, on the KV cache's scratch block that
+        no sequence owns); raises if even that fails: then the engine is broken, not a
+        request."""
+        probe = Request("__health_probe__", [0], SamplingParams(temperature=0, max_tokens=1),
+                        mrope_positions=np.zeros((3, 1), dtype=np.int64),
+                        block_table=[self.kv_cache.scratch_block])  # fmt: skip
+        try:
+            self.execute(SchedulerOutput([probe], [1]))
+        finally:
+            self.release(probe.request_id)
 
     def prepare(self, sched: SchedulerOutput) -> StepBatch:
         self._encode_images(sched)

@@ -86,6 +86,10 @@ class OutputProcessor:
             track.num_sent_chars = end_char
         return _request_output(request, track.text[first_char:end_char], first_token)
 
+    def discard(self, request: Request) -> None:
+        """Forget a request that ends without an output (aborted)."""
+        self._tracks.pop(request.request_id, None)
+
     def error_output(self, request: Request, message: str) -> RequestOutput:
         """The final output of a request that failed inside a step (its state dropped)."""
         self._tracks.pop(request.request_id, None)

@@ -167,3 +167,42 @@ def test_isolation_and_small_pools_on_the_gpu(mode):
     finals = run(small, PROMPTS, adapters)
     assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
     assert_nothing_held(small)
+
+
+def test_a_request_failing_after_it_finished_is_released_once():
+    """A flush that raises after a request's stop rule fired: the failure path must not
+    release its adapter ref a second time (the other request on that adapter still uses it)."""
+    engine = new_llm().engine
+    finish = engine.outputs.finish
+
+    def faulty(request):
+        if request.request_id == "r0":
+            raise ValueError("flush exploded")
+        return finish(request)
+
+    engine.outputs.finish = faulty
+    params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
+    engine.add_request("r1", "a longer running request", SamplingParams(
+        temperature=0, max_tokens=8, ignore_eos=True), "lora0")  # fmt: skip
+    engine.add_request("r0", "short", params, "lora0")
+    finals = {}
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.finished:
+                finals[out.request_id] = out
+            if "r0" in finals and not out.finished and out.request_id == "r1":
+                assert engine.lora.registry.entries[("lora0", 1)].refs == 1
+    assert finals["r0"].error and finals["r1"].error is None
+    assert all(e.refs == 0 for e in engine.lora.registry.entries.values())
+    assert_nothing_held(engine)
+
+
+def test_a_broken_engine_raises_instead_of_blaming_each_request():
+    """Every request failing alone and a plain health probe failing too: the step raises (the
+    server's loop then counts it against the engine, not the requests)."""
+    engine = new_llm().engine
+    engine.runner.prepare = lambda sched: (_ for _ in ()).throw(RuntimeError("broken"))
+    engine.add_request("a", "hello", GREEDY, "lora0")
+    engine.add_request("b", "hello", GREEDY, None)
+    with pytest.raises(RuntimeError, match="broken"):
+        engine.step()

@@ -6,6 +6,7 @@ draining in-flight requests."""
 from __future__ import annotations
 
 import base64
+import json
 import os
 import shutil
 import signal
@@ -260,3 +261,15 @@ def test_steps_that_keep_failing_mark_the_engine_broken():
             assert time.monotonic() < deadline
             time.sleep(0.05)
         assert_openai_error(httpx.post(url + "/v1/completions", json=body, timeout=10), 503)
+
+
+def test_a_malformed_adapter_config_gets_400(server, peft_dir):
+    url, root = server
+    bad = root / "bad-config"
+    shutil.copytree(peft_dir, bad)
+    config = json.loads((bad / "adapter_config.json").read_text())
+    for broken in ({"r": None}, {"lora_alpha": [1]}, {"rank_pattern": "x"}):
+        (bad / "adapter_config.json").write_text(json.dumps({**config, **broken}))
+        body = {"lora_name": "bad", "lora_path": str(bad)}
+        assert_openai_error(httpx.post(url + "/v1/load_lora_adapter", json=body), 400, "bad")
+    assert httpx.get(url + "/health").status_code == 200

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from valora.weights import canonical_name
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
 PICKLE_FILE = "adapter_model.bin"
+MAX_ADAPTER_FILE_BYTES = 8 << 30  # larger files are refused before reading
 _PEFT_PREFIX = "base_model.model."
 # <module>.lora_A.weight or <module>.lora_A.<adapter name>.weight
 _LORA_KEY = re.compile(r"(?P<module>.+)\.(?P<part>lora_[AB])(?:\.[^.]+)?\.weight")
@@ -64,6 +66,17 @@ def load_peft_adapter(
     ``root``, every file read must resolve (symlinks followed) to a path under it. The
     adapter's ``content_hash`` is the SHA-256 of the bytes read."""
     config, tensors, digest = _read_adapter(Path(path), allow_pickle, root)
+    try:
+        modules = _build_modules(config, tensors, cfg, max_rank, dtype, path)
+    except (OSError, ValueError):
+        raise
+    except Exception as exc:  # a malformed config or tensor (wrong types): the adapter's fault
+        raise ValueError(f"adapter {path} is malformed ({type(exc).__name__}: {exc})") from exc
+    return LoRAAdapter(name, modules, digest)
+
+
+def _build_modules(config: dict, tensors: dict, cfg: ModelConfig, max_rank: int,
+                   dtype: torch.dtype, path) -> dict[tuple[str, int], LoRAModule]:  # fmt: skip
     _check_config(config, path)
     pairs = _pair_tensors(tensors)
     slices = [_make_slice(module, a, b, config, cfg, max_rank) for module, (a, b) in pairs.items()]
@@ -73,8 +86,7 @@ def load_peft_adapter(
         if any(other.index == s.index for other in grouped.get(key, [])):
             raise ValueError(f"adapter trains slice {s.index} of {key} twice (two key layouts?)")
         grouped.setdefault(key, []).append(s)
-    modules = {key: _stack(group, dtype) for key, group in grouped.items()}
-    return LoRAAdapter(name, modules, digest)
+    return {key: _stack(group, dtype) for key, group in grouped.items()}
 
 
 def _read_adapter(
@@ -112,14 +124,29 @@ def _read_adapter(
 
 
 def _read_confined(file: Path, root: str | Path | None) -> bytes:
-    """The file's bytes; with ``root``, only if its real path (symlinks resolved) is under
-    the real ``root``."""
-    real = Path(os.path.realpath(file))
-    if root is not None and not real.is_relative_to(os.path.realpath(root)):
-        raise PermissionError(f"{file} resolves to a path outside the adapter root")
-    if not real.is_file():
-        raise FileNotFoundError(f"{file} not found (not a PEFT adapter directory?)")
-    return real.read_bytes()
+    """The file's bytes; with ``root``, only if the file *opened* (its descriptor's real path,
+    so a symlink swapped in after a check cannot redirect the read) is a regular file under
+    the real ``root``, of at most ``MAX_ADAPTER_FILE_BYTES``."""
+    try:
+        fd = os.open(os.path.realpath(file), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{file} not found (not a PEFT adapter directory?)") from None
+    with os.fdopen(fd, "rb") as handle:
+        opened = _opened_path(fd, file)
+        if root is not None and not opened.is_relative_to(os.path.realpath(root)):
+            raise PermissionError(f"{file} resolves to a path outside the adapter root")
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{file} is not a regular file")
+        if info.st_size > MAX_ADAPTER_FILE_BYTES:
+            raise ValueError(f"{file} is larger than {MAX_ADAPTER_FILE_BYTES} bytes")
+        return handle.read(MAX_ADAPTER_FILE_BYTES + 1)
+
+
+def _opened_path(fd: int, file: Path) -> Path:
+    """The real path of an open descriptor (Linux: /proc/self/fd); elsewhere the path's."""
+    proc = Path(f"/proc/self/fd/{fd}")
+    return Path(os.readlink(proc)) if proc.exists() else Path(os.path.realpath(file))
 
 
 def _parse(read, file: Path) -> dict[str, torch.Tensor]:

@@ -106,6 +106,8 @@ def _add_info_routes(app, engine: LLMEngine, runner: AsyncEngine, config: Server
     async def health():
         if not runner.is_alive:
             return error(503, "the engine has stopped", "engine_dead")
+        if runner.is_draining:  # load balancers: take this replica out of rotation
+            return error(503, "the server is shutting down", "overloaded")
         return Response(status_code=200)
 
     @app.get("/version")

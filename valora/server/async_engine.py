@@ -89,6 +89,10 @@ class AsyncEngine:
         return self._thread.is_alive() and self._death is None and not self._stop.is_set()
 
     @property
+    def is_draining(self) -> bool:
+        return self._draining
+
+    @property
     def num_pending(self) -> int:
         return self._num_pending
 
