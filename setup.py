@@ -26,7 +26,11 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["valora", "valora.*", "atmm", "atmm.*"]),
+    packages=find_packages(
+        include=["valora", "valora.*", "atmm", "atmm.*", "kernel_tables", "kernel_tables.*"]
+    ),
+    # the tuned kernel tables (kernel_tables names and reads them)
+    package_data={"atmm": ["configs/*.json"], "valora.quant": ["configs/*.json"]},
     py_modules=["exp_suite"],
     install_requires=[
         TORCH,

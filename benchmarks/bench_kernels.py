@@ -6,7 +6,7 @@ Qwen2-VL-7B dimensions: K = 3584, N in {3584, 512, 18944}; mixed ranks {8, 16, 3
 Prefill: 256-8192 tokens as requests of 256 tokens (an image's worth), each its own adapter.
 Each time is the median of ``--reps`` runs with the L2 cache flushed before each, replayed from
 a CUDA graph when the backend can be captured (GPU time, as in the engine's decode graphs), else
-run eagerly (the row says which). Floor: the
+run eagerly (the row says which): ``harness.gpu_time``. Floor: the
 larger of bytes / copy bandwidth (x read, y read and written, each used adapter's A and B read
 once) and FLOPs / bf16 matmul peak, both measured in the same run.
 
@@ -17,67 +17,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
-import sys
 
 import torch
+from harness import LORA_K, copy_bandwidth, gpu_time, lora_workload, matmul_peak, provenance
 
 from atmm.backends import BACKEND_NAMES, get_backend
-from atmm.types import LoRASegments
-from atmm.workloads import make_weights, mixed_ranks
 
 DECODE_TOKENS = (1, 2, 4, 8, 16, 32, 64)
 PREFILL_TOKENS = (256, 512, 1024, 2048, 4096, 8192)
-PREFILL_REQUEST_LEN = 256
-K = 3584
+K = LORA_K
 TARGETS = {"q/o": 3584, "k/v": 512, "gate/up": 18944}
-
-
-def copy_bandwidth() -> float:
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    return 2 * src.numel() / _median_s(lambda: dst.copy_(src), reps=10, flush=False)
-
-
-def matmul_peak(dtype: torch.dtype) -> float:
-    a = torch.randn(8192, 8192, device="cuda", dtype=dtype)
-    return 2 * 8192**3 / _median_s(lambda: a @ a, reps=10, flush=False)
-
-
-_FLUSH = None
-
-
-def _median_s(fn, reps: int, flush: bool = True) -> float:
-    global _FLUSH
-    if _FLUSH is None:
-        _FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # > the L2 cache
-    fn()
-    times = []
-    for _ in range(reps):
-        if flush:
-            _FLUSH.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
-
-
-def workload(phase: str, num_tokens: int, n: int, dtype: torch.dtype, seed: int):
-    """(weights, segments, x, y, ranks of the used adapters)."""
-    if phase == "decode":
-        lens = [1] * num_tokens
-    else:
-        lens = [PREFILL_REQUEST_LEN] * (num_tokens // PREFILL_REQUEST_LEN)
-    ranks = mixed_ranks(len(lens), seed)
-    w = make_weights(ranks, K, [n], dtype, "cuda", seed, max_rank=128)
-    segs = LoRASegments.build(lens, list(range(len(lens))), "cuda")
-    x = torch.randn(num_tokens, K, device="cuda", dtype=dtype)
-    y = torch.randn(num_tokens, n, device="cuda", dtype=dtype)
-    return w, segs, x, y, ranks
 
 
 def floor_s(num_tokens, n, ranks, itemsize, bandwidth, peak) -> float:
@@ -108,42 +57,23 @@ def main() -> None:
 
 
 def _measure(backends, target, n, phase, num_tokens, dtype, reps, bandwidth, peak):
-    w, segs, x, y, ranks = workload(phase, num_tokens, n, dtype, seed=num_tokens)
+    w, segs, x, y, ranks = lora_workload(phase, num_tokens, n, dtype, seed=num_tokens)
     floor = floor_s(num_tokens, n, ranks, x.element_size(), bandwidth, peak)
     for name, backend in backends.items():
         prepared = backend.prepare(w)
         call = lambda: backend.add_lora(y, x, prepared, segs)  # noqa: B023, E731
-        graph = _capture(call) if getattr(backend, "graph_safe", False) else None
-        seconds = _median_s(graph.replay if graph else call, reps)
+        graph = getattr(backend, "graph_safe", False)  # else it syncs with the host
+        seconds = gpu_time(call, reps=reps, cuda_graph=graph)
         yield {"target": target, "N": n, "K": K, "phase": phase, "tokens": num_tokens,
                "num_adapters": len(ranks), "backend": name, "ms": seconds * 1e3,
                "timing": "cuda_graph" if graph else "eager", "floor_ms": floor * 1e3,
                "x_floor": seconds / floor}  # fmt: skip
 
 
-def _capture(call) -> torch.cuda.CUDAGraph:
-    """The call as a CUDA graph: GPU time without host launch overhead, as the engine's decode
-    graphs run it (backends that sync with the host say ``graph_safe = False``)."""
-    call()  # compile / warm up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        call()
-    return graph
-
-
 def _header(args, bandwidth: float, peak: float) -> dict:
-    import triton
-
     return {
         "benchmark": "lora_op_cost",
-        "gpu": torch.cuda.get_device_name(),
-        "versions": {
-            "torch": torch.__version__,
-            "triton": triton.__version__,
-            "python": platform.python_version(),
-        },  # fmt: skip
-        "command": " ".join([sys.executable, *sys.argv]),
+        **provenance(),
         "dtype": args.dtype,
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "matmul_peak_TFLOPs": peak / 1e12,

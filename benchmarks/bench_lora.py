@@ -20,10 +20,9 @@ import argparse
 import gc
 import json
 import statistics
-import sys
 
 import torch
-from bench_engine import _versions, hf_model_from, profile_decode, run_engine, time_hf_generate
+from harness import hf_model_from, profile_decode, provenance, run_engine, time_hf_generate
 
 from valora.adapters.types import LoRAAdapter
 from valora.llm import LLM
@@ -98,9 +97,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating base / LoRA runs")
     parser.add_argument("--out", default="benchmarks/results/lora.json")
     args = parser.parse_args()
-    record = {"benchmark": "lora_overhead", "gpu": torch.cuda.get_device_name(),
-              "versions": _versions(), "command": " ".join([sys.executable, *sys.argv]),
-              "args": vars(args)}  # fmt: skip
+    record = {"benchmark": "lora_overhead", **provenance(), "args": vars(args)}
 
     # both engines live side by side and alternate, so clock drift hits both alike
     base = engine(args)

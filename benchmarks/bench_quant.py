@@ -2,10 +2,10 @@
 W4A16 vs bf16, in one run (H100 / H200).
 
 GEMM: for M in {1, 8, 16, 32, 64, 256, 1024} and every LM linear shape (qkv, o, gate|up, down),
-the median time of y = x W^T (CUDA-graph replays, L2 flushed; a graph runs the call on
-several copies of the weights, ``_copies``) for bf16 cuBLAS, the quantized
+the median time of y = x W^T (``harness.gpu_time``: CUDA-graph replays, L2 flushed; a graph
+runs the call on several copies of the weights, ``_copies``) for bf16 cuBLAS, the quantized
 GEMM as the engine runs it (the strategy and tiles of the tuned table,
-``python -m valora.quant.tune``) and dequantize + cuBLAS alone, each next to its floor:
+``python -m valora.quant.tuner``) and dequantize + cuBLAS alone, each next to its floor:
 max(bytes / copy bandwidth, FLOPs / bf16 peak), both measured in the same run. Decode: tok/s
 at batch 1 and 32 (prompt 256, output 128).
 
@@ -17,16 +17,14 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
 
 import torch
-from bench_engine import _versions, run_engine
-from bench_kernels import _capture, _median_s, copy_bandwidth, matmul_peak
+from harness import copy_bandwidth, gpu_time, matmul_peak, provenance, run_engine
 
 from valora.llm import LLM
+from valora.quant.config_table import get_config, table_path
 from valora.quant.reference import quantize_rtn
 from valora.quant.triton_gemm import dequantize_kn, quant_matmul
-from valora.quant.tuning import get_config, quant_table_path
 from valora.quant.types import QuantizedWeight
 
 SHAPES = {"qkv": (4608, 3584), "o": (3584, 3584), "gate_up": (37888, 3584), "down": (3584, 18944)}
@@ -58,8 +56,7 @@ def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
                 "dequant_cublas": lambda: [x @ dequantize_kn(w, torch.bfloat16)  # noqa: B023
                                            for w in wqs],  # noqa: B023
             }  # fmt: skip
-            times = {key: _median_s(_capture(call).replay, 20) / copies
-                     for key, call in calls.items()}  # fmt: skip
+            times = {key: gpu_time(call, reps=20) / copies for key, call in calls.items()}
             flops = 2 * m * n * k
             qbytes = n * k * bits / 8 + wq.scales.numel() * 2 + wq.zeros.numel() * 4
             io = 2 * m * (k + n)
@@ -102,10 +99,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/quant.json")
     args = parser.parse_args()
     bandwidth, peak = copy_bandwidth(), matmul_peak(torch.bfloat16)
-    record = {"benchmark": "quant_gemm", "gpu": torch.cuda.get_device_name(),
-              "versions": _versions(), "command": " ".join([sys.executable, *sys.argv]),
-              "copy_bandwidth_GBps": bandwidth / 1e9, "bf16_peak_TFLOPs": peak / 1e12}  # fmt: skip
-    table = quant_table_path(record["gpu"], torch.bfloat16)
+    record = {"benchmark": "quant_gemm", **provenance(), "copy_bandwidth_GBps": bandwidth / 1e9,
+              "bf16_peak_TFLOPs": peak / 1e12}  # fmt: skip
+    table = table_path(record["gpu"], torch.bfloat16)
     record["tuned_table"] = str(table.relative_to(table.parents[2])) if table.exists() else None
     record["gemm"] = [row for bits in args.bits for row in gemm_rows(bits, bandwidth, peak)]
     record["decode"] = decode_rows(args.model_setting)

@@ -1,14 +1,15 @@
 """Where a merge switch's time goes: torch.profiler over one merge + unmerge of a dummy adapter
-(q/k/v/o and all seven targets) on dummy 7B weights; prints GPU kernel time and wall time.
+(q/k/v/o and all seven targets) on dummy 7B weights; prints GPU kernel time and wall time. First
+the merge kernel's tiles, each timed by ``harness.gpu_time`` (eager: the launch copies its
+pointer tables from host memory, which a CUDA graph cannot capture).
 
     python benchmarks/profile_merge.py
 """
 
 from __future__ import annotations
 
-import time
-
 import torch
+from harness import gpu_time, wall_time
 from torch.profiler import ProfilerActivity, profile
 
 from valora.adapters.types import LoRAAdapter
@@ -29,13 +30,9 @@ def sweep_tiles() -> None:
     job = SliceMerge(out, w, list(a), list(b), [1.0] * layers)
     floor = 2 * sum(t.nbytes for t in w) / 4.3e12
     for bn, bk, warps in [(64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 64, 4), (32, 256, 4)]:
-        triton_merge_layers(job, bn, bk, warps)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(5):
-            triton_merge_layers(job, bn, bk, warps)
-        torch.cuda.synchronize()
-        ms = (time.perf_counter() - start) / 5 * 1e3
+        seconds = gpu_time(lambda: triton_merge_layers(job, bn, bk, warps),  # noqa: B023
+                           reps=5, cuda_graph=False)  # fmt: skip
+        ms = seconds * 1e3
         print(f"tile {bn}x{bk} warps {warps}: {ms:.2f} ms (floor at 4.3 TB/s {floor * 1e3:.2f})")
 
 
@@ -58,10 +55,7 @@ def main() -> None:
         lora.switch(None)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            start = time.perf_counter()
-            merge = lora.switch(key)
-            unmerge = lora.switch(None)
-            wall = time.perf_counter() - start
+            (merge, unmerge), wall = wall_time(lambda: (lora.switch(key), lora.switch(None)))  # noqa: B023
         kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
         gpu = sum(e.device_time_total for e in kernels) / 1e3
         print(f"{strategy} {name}: merge {merge * 1e3:.2f} ms, unmerge {unmerge * 1e3:.2f} ms, "

@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import sys
 
 import numpy as np
-from run_exp import DEFAULT_DATASET
+from harness import DEFAULT_DATASET, provenance
 
 from replay.client import engine_prompt
 from replay.datasets import load_sharegpt4v
@@ -113,16 +114,14 @@ def profile_mode(engine, prompts: list, adapters: list, args, mode: str) -> dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import torch
-
     from valora.server.cli import build_parser as server_parser
     from valora.server.cli import build_server
 
     args = build_parser().parse_args(argv)
     _, engine, _ = build_server(server_parser().parse_args(shlex.split(args.engine_args)))
     adapters = [None if a == "base" else a for a in args.adapters]
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result = {"args": vars(args), "gpu": gpu, "tasks": {}}
+    run = provenance(sys.argv if argv is None else [__file__, *argv])
+    result = {"args": vars(args), **run, "tasks": {}}
     for task in args.task:
         specs = build_workload(np.zeros(len(adapters)), np.arange(len(adapters)), task,
                                load_sharegpt4v(args.dataset), seed=0,

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from harness import DEFAULT_DATASET, DEFAULT_TRACE, provenance
 
 from replay import traces
 from replay.client import EngineSender, HttpSender, replay
@@ -40,9 +41,7 @@ from replay.metrics import (
 from replay.popularity import assign_adapters
 from replay.workload import build_workload, workload_stats
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_DATASET = HERE / "data" / "sharegpt4v_mini" / "sharegpt4v_mini.json"
-DEFAULT_TRACE = HERE / "data" / "traces" / "AzureLLMInferenceTrace_code.csv"
+_LIBRARIES = ("torch", "triton", "httpx", "numpy")  # versions recorded in the header
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -149,25 +148,15 @@ def main(argv: list[str] | None = None) -> dict:
     title = f"{args.label or 'replay'} {args.task} {args.req_rate} req/s"
     print(format_summary(summary, title), flush=True)
     print(format_engine_stats(engine_stats), flush=True)
-    header = {"label": args.label, "gpu": args.gpu, "command": " ".join(sys.argv),
-              "args": vars(args), "versions": _versions(),
+    origin = provenance(sys.argv if argv is None else [__file__, *argv], _LIBRARIES)
+    # the GPU this process sees serves only an in-process engine; a server's is --gpu's
+    gpu = args.gpu or ("" if args.server else origin["gpu"])
+    header = {"label": args.label, **origin, "gpu": gpu, "args": vars(args),
               "engine_stats": engine_stats}  # fmt: skip
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(args.out, results, summary, header)
     return summary
-
-
-def _versions() -> dict:
-    import platform
-
-    out = {"python": platform.python_version()}
-    for name in ("torch", "triton", "httpx", "numpy"):
-        try:
-            out[name] = __import__(name).__version__
-        except ImportError:
-            continue
-    return out
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Split one ATMM prefill call into its shrink and expand times (CUDA-graph replays, L2 flushed),
+"""Split one ATMM prefill call into its shrink and expand times (``harness.gpu_time``),
 next to each kernel's own memory floor. Diagnostic for the op-cost benchmark; writes JSON.
 
     python benchmarks/split_atmm_prefill.py --out benchmarks/results/atmm_prefill_split_h100.json
@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 import torch
-from bench_kernels import _capture, _median_s, copy_bandwidth, workload
+from harness import copy_bandwidth, gpu_time, lora_workload, provenance
 
 from atmm.ops.lora import expand_config, lora_expand, lora_shrink, shrink_config
 
@@ -23,10 +22,10 @@ def main() -> None:
     bandwidth, rows = copy_bandwidth(), []
     for n in (3584, 18944):
         for tokens in (1024, 8192):
-            w, segs, x, y, ranks = workload("prefill", tokens, n, torch.bfloat16, seed=tokens)
+            w, segs, x, y, ranks = lora_workload("prefill", tokens, n, torch.bfloat16, tokens)
             v = lora_shrink(x, w, segs)
-            shrink = _median_s(_capture(lambda: lora_shrink(x, w, segs, out=v)).replay, 20)  # noqa: B023
-            expand = _median_s(_capture(lambda: lora_expand(v, y, w, segs)).replay, 20)  # noqa: B023
+            shrink = gpu_time(lambda: lora_shrink(x, w, segs, out=v))  # noqa: B023
+            expand = gpu_time(lambda: lora_expand(v, y, w, segs))  # noqa: B023
             itemsize = 2
             shrink_bytes = itemsize * (tokens * 3584 + sum(ranks) * 3584) + 4 * tokens * 128
             expand_bytes = itemsize * (2 * tokens * n + sum(ranks) * n) + 4 * tokens * 128
@@ -38,9 +37,8 @@ def main() -> None:
                          "expand_config": expand_config(y, w, segs)})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     with open(args.out, "w") as f:
-        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "command": " ".join([sys.executable, *sys.argv]),
-                   "copy_bandwidth_GBps": bandwidth / 1e9, "rows": rows}, f, indent=1)  # fmt: skip
+        json.dump({**provenance(), "copy_bandwidth_GBps": bandwidth / 1e9, "rows": rows}, f,
+                  indent=1)  # fmt: skip
 
 
 if __name__ == "__main__":

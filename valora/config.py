@@ -1,4 +1,9 @@
-"""Configuration dataclasses.
+"""Configuration dataclasses: the one home of the engine's options.
+
+``EngineConfig`` (with its ``SchedulerConfig`` and ``LoRAConfig``) holds every engine option,
+frozen and validated on construction; each field carries its command-line flag and help
+(``valora.cli_fields``), so ``valora-serve`` builds these from its flags and ``LLM(model,
+**kwargs)`` routes its keywords to them by field name.
 
 ``ModelConfig`` is parsed from a Hugging Face ``config.json`` in either shape in use:
 the flat v4 layout (text fields at the top level, ``rope_scaling``) and the v5 layout
@@ -16,7 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import exp_suite
+from valora.cli_fields import option
+from valora.model_settings import MODEL_SETTINGS
+from valora.orchestrator import POLICIES
 
 _TEXT_DEFAULTS = {
     "hidden_act": "silu",
@@ -151,10 +158,10 @@ class ModelConfig:
 
     @classmethod
     def from_setting(cls, name: str) -> ModelConfig:
-        if name not in exp_suite.MODEL_SETTINGS:
-            known = ", ".join(sorted(exp_suite.MODEL_SETTINGS))
+        if name not in MODEL_SETTINGS:
+            known = ", ".join(sorted(MODEL_SETTINGS))
             raise ValueError(f"unknown model setting {name!r}; known settings: {known}")
-        return cls.from_hf_dict(dict(exp_suite.MODEL_SETTINGS[name]))
+        return cls.from_hf_dict(dict(MODEL_SETTINGS[name]))
 
     @classmethod
     def from_path(cls, path: str | os.PathLike) -> ModelConfig:
@@ -183,4 +190,92 @@ def triton_interpreter_enabled() -> bool:
 
 
 def is_model_setting(name: str) -> bool:
-    return name in exp_suite.MODEL_SETTINGS
+    return name in MODEL_SETTINGS
+
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANT_MERGE = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The batcher's limits and the orchestration policy (``valora.orchestrator.POLICIES``)."""
+
+    max_num_seqs: int = option(256, "requests running at once", type=int)
+    max_num_batched_tokens: int = option(8192, "tokens per step", type=int)
+    max_model_len: int = option(32768, "context limit per request (prompt + output)", type=int)
+    enable_chunked_prefill: bool = option(True, "split long prompts over steps")
+    policy: str = option("valora", "orchestration policy: mode choice, admission order and "
+                         "kernels", aliases=("--scheduler",), choices=sorted(POLICIES))
+    policy_options: tuple[tuple[str, object], ...] = option((), cli=False)  # policy kwargs
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.max_model_len < 1:
+            raise ValueError("max_num_seqs, max_num_batched_tokens and max_model_len must be >= 1")
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; choose one of {sorted(POLICIES)}")
+        if isinstance(self.policy_options, dict):
+            object.__setattr__(self, "policy_options", tuple(self.policy_options.items()))
+
+
+@dataclass(frozen=True)
+class LoRAConfig:
+    max_loras: int = option(8, "GPU pool size, in adapters of max_lora_rank (more fit at lower "
+                            "ranks)", type=int)
+    max_lora_rank: int = option(64, "largest adapter rank served", type=int)
+    max_cpu_loras: int = option(64, "host copies of adapters not in use kept", type=int)
+    backend: str | None = option(None, "LoRA kernels (default: the policy's)",
+                                 flag="--lora-backend",
+                                 choices=["atmm", "sgmv", "mbgmv", "einsum", "torch"])
+    towers: tuple[str, ...] = option(("language", "vision"), "towers LoRA applies to",
+                                     flag="--lora-towers", nargs="+",
+                                     choices=["language", "vision"])
+    allow_pickle: bool = option(False, "accept pickled adapter_model.bin files")
+    enable_prefetch: bool = option(True, "copy waiting requests' adapters to the GPU early",
+                                   flag="--lora-prefetch")
+
+    def __post_init__(self) -> None:
+        if self.max_loras < 1 or self.max_lora_rank < 1 or self.max_cpu_loras < 1:
+            raise ValueError("max_loras, max_lora_rank and max_cpu_loras must be >= 1")
+        if not set(self.towers) <= {"language", "vision"} or not self.towers:
+            raise ValueError(f"towers must be language and/or vision, got {self.towers}")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine builder (``valora.engine.builder``) needs; ``lora`` None: no LoRA
+    (no pool, no LoRA layers)."""
+
+    model: str = option("tiny", "a model setting (dummy weights) or a checkpoint directory",
+                        cli=False)
+    dtype: str = option("auto", "auto: bfloat16 on a GPU, float32 on the CPU", choices=DTYPES)
+    device: str | None = option(None, "cuda or cpu (default: cuda when available)")
+    num_token: int | None = option(None, "KV-cache budget in tokens (default: from "
+                                   "--gpu-memory-utilization)", type=int)
+    gpu_memory_utilization: float = option(0.85, "share of GPU memory the engine may use",
+                                           type=float)
+    block_size: int = option(16, "tokens per KV block", type=int)
+    enable_prefix_caching: bool = option(True, "reuse KV blocks of shared prefixes")
+    seed: int = option(0, "dummy-weight seed", type=int)
+    enforce_eager: bool = option(False, "no CUDA graphs for decode steps")
+    quantization: str = option("none", "quantize the language model's linears (RTN); a "
+                               "quantized checkpoint brings its own",
+                               choices=["none", "w4a16", "w8a16"])
+    quant_merge: str = option("auto", "merged mode on a quantized base: dense overlays of the "
+                              "LoRA targets (auto: where they take at most half the KV-cache "
+                              "memory)", choices=QUANT_MERGE)
+    scheduler: SchedulerConfig = option(SchedulerConfig(), cli=False)
+    lora: LoRAConfig | None = option(None, cli=False)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.quant_merge not in QUANT_MERGE:
+            raise ValueError(f"quant_merge must be auto, on or off, got {self.quant_merge!r}")
+        if self.block_size < 1 or not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("block_size must be >= 1 and gpu_memory_utilization in (0, 1]")
+
+    @property
+    def on_gpu(self) -> bool:
+        """After the builder resolved ``device`` (None: auto)."""
+        return (self.device or "").startswith("cuda")

@@ -4,115 +4,76 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from valora.adapters.manager import LoRAConfig
 from valora.adapters.peft_loader import dummy_ranks as dummy_ranks_for
-from valora.engine import EngineConfig, LLMEngine
+from valora.cli_fields import split_kwargs
+from valora.config import EngineConfig, LoRAConfig, SchedulerConfig
+from valora.engine import LLMEngine, build_engine
 from valora.inputs import PromptType
 from valora.request import RequestOutput
 from valora.sampling_params import RequestOutputKind, SamplingParams
-from valora.scheduler import SchedulerConfig
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# older keyword names -> the config field they set
+_ALIASES = {"scheduler": "policy", "lora_backend": "backend", "lora_towers": "towers"}
+_TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+
+
+def engine_config(model: str, enable_lora: bool, **kwargs: Any) -> EngineConfig:
+    """``EngineConfig`` from keyword arguments, each routed to the config that has a field of
+    its name (``EngineConfig``, ``SchedulerConfig``, ``LoRAConfig``); TypeError for others."""
+    kwargs = {_ALIASES.get(k, k): v for k, v in kwargs.items()}
+    if isinstance(kwargs.get("dtype"), torch.dtype):
+        kwargs["dtype"] = _TORCH_DTYPES[kwargs["dtype"]]
+    engine_kw, sched_kw, lora_kw = split_kwargs(kwargs, EngineConfig, SchedulerConfig, LoRAConfig)
+    if lora_kw and not enable_lora:
+        raise ValueError(f"LoRA options {sorted(lora_kw)} given, but LoRA is off "
+                         "(pass enable_lora=True, lora_modules or num_dummy_adapters)")  # fmt: skip
+    lora = LoRAConfig(**lora_kw) if enable_lora else None
+    return EngineConfig(model=model, scheduler=SchedulerConfig(**sched_kw), lora=lora, **engine_kw)
 
 
 class LLM:
     """``model`` is a model setting (``tiny``, ``qwen2-vl-2b``, ``qwen2-vl-7b``: dummy weights)
-    or a checkpoint directory. ``num_token`` is the KV-cache budget in tokens (None: from
-    ``gpu_memory_utilization`` on a GPU). ``scheduler`` names the admission policy
-    (``valora.orchestrator.POLICIES``: fcfs, valora, slora, punica, dlora; ``policy_options`` are
-    its keyword options). ``enforce_eager`` turns CUDA graphs off.
+    or a checkpoint directory. Every other keyword is a field of ``EngineConfig``,
+    ``SchedulerConfig`` or ``LoRAConfig`` (``valora.config``: e.g. ``num_token``,
+    ``max_model_len``, ``policy`` (alias ``scheduler``), ``policy_options``, ``max_loras``,
+    ``backend`` (alias ``lora_backend``), ``quantization``).
 
     LoRA: ``lora_modules`` {name: PEFT directory} and/or ``num_dummy_adapters`` random adapters
     (named lora0, lora1 ..., ranks cycling ``dummy_ranks``); ``enable_lora=True`` starts with none
-    (load later with ``load_lora``). ``max_loras`` sizes the GPU pool (adapters of
-    ``max_lora_rank``; more fit at lower ranks), ``max_cpu_loras`` the host cache,
-    ``lora_backend`` overrides the policy's kernels, ``lora_towers`` picks language/vision.
-
-    ``quantization`` ("w4a16" | "w8a16") holds the language model's linears quantized;
-    ``quant_merge`` ("auto" | "on" | "off") gives merged mode dense overlays on such a base
-    (``valora.adapters.merge``; auto: where they take at most half the KV-cache memory)."""
+    (load later with ``load_lora``)."""
 
     def __init__(
         self,
         model: str = "tiny",
-        dtype: str | torch.dtype = "auto",
-        device: str | None = None,
-        num_token: int | None = None,
-        enable_prefix_caching: bool = True,
-        block_size: int = 16,
-        max_num_seqs: int = 256,
-        max_num_batched_tokens: int = 8192,
-        max_model_len: int = 32768,
-        enable_chunked_prefill: bool = True,
-        gpu_memory_utilization: float = 0.85,
+        *,
         lora_modules: dict[str, str] | None = None,
-        max_lora_rank: int = 64,
-        seed: int = 0,
-        enforce_eager: bool = False,
-        scheduler: str = "fcfs",
         enable_lora: bool | None = None,
         num_dummy_adapters: int = 0,
         dummy_ranks: Sequence[int] = (8, 16, 32, 64),
-        max_loras: int = 8,
-        max_cpu_loras: int = 64,
-        lora_backend: str | None = None,
-        lora_towers: Sequence[str] = ("language", "vision"),
-        allow_pickle: bool = False,
-        policy_options: dict | None = None,
-        quantization: str = "none",
-        quant_merge: str = "auto",
+        **kwargs: Any,
     ) -> None:
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-        dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
         if enable_lora is None:
             enable_lora = bool(lora_modules) or num_dummy_adapters > 0
-        lora_config = None
-        if enable_lora:
-            lora_config = LoRAConfig(max_loras, max_lora_rank, max_cpu_loras, lora_backend,
-                                     tuple(lora_towers), allow_pickle)  # fmt: skip
-        scheduler_config = SchedulerConfig(max_num_seqs, max_num_batched_tokens, max_model_len,
-                                           enable_chunked_prefill, scheduler)  # fmt: skip
-        self.engine = LLMEngine(
-            EngineConfig(
-                model,
-                dtype,
-                device,
-                num_token,
-                gpu_memory_utilization,
-                block_size,
-                enable_prefix_caching,
-                scheduler_config,
-                seed,
-                enforce_eager,
-                lora=lora_config,
-                policy_options=tuple((policy_options or {}).items()),
-                quantization=quantization,
-                quant_merge=quant_merge,
-            )  # fmt: skip
-        )
+        config = engine_config(model, enable_lora, **kwargs)
+        self.engine: LLMEngine = build_engine(config)
         for name, path in (lora_modules or {}).items():
             self.load_lora(name, path)
+        seed = config.seed
         for i, rank in enumerate(dummy_ranks_for(num_dummy_adapters, dummy_ranks)):
-            self.engine.lora.add_dummy(f"lora{i}", rank, seed=seed + 1 + i)
+            self.engine.load_dummy_adapter(f"lora{i}", rank, seed=seed + 1 + i)
         self._next_id = 0
 
     def load_lora(self, name: str, path: str) -> int:
         """Load (or reload: a new version) a PEFT adapter under ``name``; returns its version."""
-        return self._lora().add_adapter(name, path)
+        return self.engine.load_adapter(name, path)
 
     def unload_lora(self, name: str) -> None:
-        self._lora().remove_adapter(name)
-
-    def _lora(self):
-        if self.engine.lora is None:
-            raise ValueError("this LLM was built without LoRA (pass enable_lora=True)")
-        return self.engine.lora
+        self.engine.unload_adapter(name)
 
     @property
     def tokenizer(self):

@@ -34,8 +34,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-import exp_suite
 from valora.config import is_model_setting
+from valora.model_settings import MODEL_SETTINGS
 from valora.quant.awq import awq_quantize_model
 from valora.quant.calibration import collect_input_stats, load_samples
 from valora.quant.convert import PIECES_OF, lm_linears
@@ -145,7 +145,7 @@ def write_checkpoint(model, args, quantized: dict, errors: dict,
     tensors = {**dense, **packed_tensors(quantized, model, fmt)}
     # own storage per tensor: safetensors refuses views (q/k/v rows, a shared g_idx)
     save_file({k: v.clone() for k, v in tensors.items()}, str(out / "model.safetensors"))
-    config = dict(exp_suite.MODEL_SETTINGS[args.model]) if is_model_setting(args.model) else (
+    config = dict(MODEL_SETTINGS[args.model]) if is_model_setting(args.model) else (
         json.loads((Path(args.model) / "config.json").read_text()))  # fmt: skip
     config["quantization_config"] = quantization_config(args)
     (out / "config.json").write_text(json.dumps(json.loads(json.dumps(config)), indent=1))

@@ -24,26 +24,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from valora.block_manager import BlockManager
+from valora.config import SchedulerConfig
 from valora.orchestrator import POLICIES
 from valora.request import Request, RequestStatus
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 8192
-    max_model_len: int = 32768
-    enable_chunked_prefill: bool = True
-    policy: str = "fcfs"  # a name in ADMISSION_POLICIES
-
-    def __post_init__(self) -> None:
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
-        if self.policy not in ADMISSION_POLICIES:
-            raise ValueError(
-                f"unknown scheduler policy {self.policy!r}; choose one of "
-                f"{sorted(ADMISSION_POLICIES)}"
-            )
 
 
 class AdmissionPolicy(Protocol):

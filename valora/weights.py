@@ -69,7 +69,7 @@ def load_model(
     seed: int = 0,
     attn_backend=None,
 ) -> Qwen2VLForConditionalGeneration:
-    """``model`` is a named setting (dummy weights) or a checkpoint directory."""
+    """``model`` is a named setting (dummy weights) or a dense checkpoint directory."""
     if is_model_setting(model):
         net = build_model(ModelConfig.from_setting(model), dtype, device, attn_backend)
         init_dummy_weights(net, seed)
@@ -77,13 +77,12 @@ def load_model(
     if not Path(model).is_dir():
         raise ValueError(f"{model!r} is neither a model setting nor a checkpoint directory")
     cfg = ModelConfig.from_path(model)
+    if cfg.quantization_config is not None:
+        raise ValueError(f"{model} is a quantized checkpoint: load it through the engine "
+                         "(valora.engine.weights_plan.load_weights), which installs its packed "
+                         "linears")  # fmt: skip
     net = build_model(cfg, dtype, device, attn_backend)
-    skip = None
-    if cfg.quantization_config is not None:  # GPTQ / AWQ: packed LM linears
-        from valora.quant.loader import install_quantized_linears
-
-        skip = install_quantized_linears(net, model, cfg.quantization_config)
-    load_checkpoint(net, model, skip)
+    load_checkpoint(net, model)
     return net
 
 

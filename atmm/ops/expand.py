@@ -6,7 +6,7 @@ program, so there are no atomics and the result is deterministic.
 
 The output columns of all slices are cut into BLOCK_N tiles per slice (a tile never straddles
 two slices); ``tile_starts`` [num_slices + 1] (host-made, cached per config) maps a program to its
-slice. Two kernels, picked by the tiling config (``atmm.tuning``):
+slice. Two kernels, picked by the tiling config (``atmm.config_table``):
 
 - ``tile`` (prefill): grid ``(S, cdiv(max_seg_len, BLOCK_M), cdiv(num_tiles, N_TILES))``; a
   program does N_TILES consecutive output tiles of its rows (their v rows are re-read from L1,

@@ -12,7 +12,7 @@ walks its N_TILES output tiles: [BLOCK_R, BLOCK_N] tiles of B, y read, added to,
 BLOCK_R is the pool's max rank rounded up to a power of two (rows past the slot's rank are
 masked, so they cost no memory traffic). x and A are read once per group, so the fused kernel
 pays off when there are few groups per row (narrow N, or decode where launches dominate); the
-tuner keeps it only for buckets where it beats shrink + expand (``atmm.tuning``: op "fused").
+tuner keeps it only for buckets where it beats shrink + expand (``atmm.config_table``: op "fused").
 CUDA-graph safe. Tested: ``test/kernel/test_kernel_correctness.py`` (CPU interpreter).
 """
 

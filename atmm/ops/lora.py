@@ -2,18 +2,18 @@
 
 Semantics, shapes and dtypes: ``atmm.types`` (x, y, a, b share one dtype: fp16, bf16 or fp32;
 v and all accumulation are fp32; scalings fp32). The config of each launch comes from the tuned
-table of the current GPU and dtype (``atmm.tuning``) unless one is given.
+table of the current GPU and dtype (``atmm.config_table``) unless one is given.
 """
 
 from __future__ import annotations
 
 import torch
 
+from atmm.config_table import fused_config, get_config
 from atmm.ops.expand import launch_expand
 from atmm.ops.fused import launch_fused
 from atmm.ops.precompile import precompile
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import fused_config, get_config
 from atmm.types import LoRASegments, LoRAWeights, check_call
 
 

@@ -1,6 +1,6 @@
 """Compile, ahead of serving, every kernel config the tiling table can pick for one weight shape.
 
-The adaptive tiling (``atmm.tuning``) gives each (max_seg_len, num_segments) bucket its own
+The adaptive tiling (``atmm.config_table``) gives each (max_seg_len, num_segments) bucket its own
 config, and Triton compiles a kernel per distinct config on its first launch: about a second
 each, paid by whichever request first reaches the bucket. ``precompile`` walks every bucket a
 batch of at most ``max_tokens`` rows and ``max_segments`` segments can fall in, and launches each
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import torch
 
+from atmm.config_table import get_config
 from atmm.ops.expand import launch_expand
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import get_config, pow2_ceil
 from atmm.types import LoRASegments, LoRAWeights
+from kernel_tables import pow2_ceil
 
 
 def _pow2_upto(limit: int) -> list[int]:

@@ -3,7 +3,7 @@
 Semantics and layouts: ``atmm.types``. v is fp32 [T, num_slices, max_rank]; entries of rows with
 no adapter and past a slot's rank are left unspecified (never written).
 
-Two kernels, picked by the tiling config (``atmm.tuning``):
+Two kernels, picked by the tiling config (``atmm.config_table``):
 
 - ``tile`` (prefill): grid ``(S, cdiv(max_seg_len, BLOCK_M), num_slices * SPLIT_K * R_CHUNKS)``.
   A program owns BLOCK_M rows of one segment, one slice, one K split and one BLOCK_R chunk of the

@@ -41,10 +41,7 @@ def assert_matches(got: dict, expected: dict) -> None:
 
 
 def assert_clean(llm: LLM) -> None:
-    engine = llm.engine
-    assert engine.block_manager.all_free and not engine.has_unfinished()
-    assert all(r.pins == 0 for key, r in engine.lora.pool.resident.items()
-               if key != engine.lora.merged)  # fmt: skip
+    assert llm.engine.snapshot().is_idle and not llm.engine.has_unfinished()
 
 
 @pytest.mark.parametrize(
@@ -66,7 +63,7 @@ def test_policies_and_modes_match_peft(refs, scheduler, options):
     assert_matches(run_mixed(llm, list(CONVERSATIONS)), expected)
     assert_clean(llm)
     if options.get("force_mode") in ("merged", "mixture") or scheduler == "dlora":
-        assert llm.engine.lora.num_switches > 0
+        assert llm.engine.snapshot().steps["switches"] > 0
 
 
 @pytest.mark.parametrize("scheduler", ["slora", "punica"])
@@ -85,9 +82,9 @@ def test_eviction_under_a_tiny_pool_loses_nothing(refs):
     llm = LLM(ckpt, device="cpu", lora_modules=dirs, max_loras=1, max_lora_rank=32,
               max_cpu_loras=1, lora_backend="torch", max_num_seqs=3)  # fmt: skip
     assert_matches(run_mixed(llm, ["text", "one_image"]), expected)
-    stats = llm.engine.lora.pool.stats
-    assert stats.evictions > 0 and stats.loads > len(ADAPTERS)
-    assert llm.engine.lora.registry.host_loads > 0  # host cache of one: re-read from disk
+    snap = llm.engine.snapshot()
+    assert snap.pool_evictions > 0 and snap.pool_loads > len(ADAPTERS)
+    assert snap.host_loads > 0  # host cache of one: re-read from disk
     assert_clean(llm)
 
 

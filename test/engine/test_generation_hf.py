@@ -38,9 +38,9 @@ def engine_prompts(llm: LLM) -> list[dict]:
 
 
 def assert_no_leaks(llm: LLM) -> None:
-    bm = llm.engine.block_manager
-    bm.check_invariants()
-    assert bm.all_free, f"{bm.num_blocks - bm.num_free_blocks} blocks still held"
+    llm.engine.check_invariants()
+    snap = llm.engine.snapshot()
+    assert snap.is_idle, f"{snap.kv_blocks_in_use} blocks still held"
     assert not llm.engine.has_unfinished()
 
 
@@ -63,7 +63,7 @@ def test_greedy_matches_transformers_generate(checkpoint, hf_tokens, options):
         assert out.outputs[0].finish_reason == "length"
         assert out.first_token_time is not None and out.finish_time >= out.first_token_time
     if "num_token" in options:
-        assert llm.engine.scheduler.num_preemptions > 0
+        assert llm.engine.snapshot().num_preemptions > 0
     assert_no_leaks(llm)
     # the same prompts again: served from the prefix cache when it is on, same tokens
     again = llm.generate(engine_prompts(llm), GREEDY, use_tqdm=False)
@@ -98,12 +98,11 @@ def test_shared_system_prompt_hits_the_cache(checkpoint):
     llm = LLM(path, device="cpu", block_size=4)
     system = "You are a meticulous assistant. " * 12
     first = llm.generate(system + "Question one?", GREEDY, use_tqdm=False)[0]
-    stats = llm.engine.block_manager.stats
-    hits_before = stats.hits
+    hits_before = llm.engine.snapshot().prefix_cache_hits
     second = llm.generate(system + "Question one?", GREEDY, use_tqdm=False)[0]
     assert first.num_cached_tokens == 0
     assert second.num_cached_tokens >= len(llm.tokenizer.encode(system)) - 4
-    assert stats.hits - hits_before == second.num_cached_tokens
+    assert llm.engine.snapshot().prefix_cache_hits - hits_before == second.num_cached_tokens
     assert second.outputs[0].token_ids == first.outputs[0].token_ids
     assert_no_leaks(llm)
 
@@ -112,23 +111,17 @@ def test_different_adapters_never_share_blocks(checkpoint):
     _, path = checkpoint
     llm = LLM(path, device="cpu", block_size=4, enable_lora=True, lora_backend="torch")
     engine, prompt = llm.engine, "A fairly long prompt that spans several blocks of tokens."
-    engine.lora.add_dummy("alpha", 8, seed=1)
-    engine.lora.add_dummy("beta", 8, seed=2)
-    engine.add_request("a", prompt, GREEDY, adapter="alpha")
-    engine.add_request("b", prompt, GREEDY, adapter="beta")
-    engine.step()
-    a, b = engine.scheduler.find("a"), engine.scheduler.find("b")
-    assert not set(a.block_table) & set(b.block_table)
-    while engine.has_unfinished():
-        engine.step()
-    engine.add_request("a2", prompt, GREEDY, adapter="alpha")
-    engine.lora.add_dummy("alpha", 8, seed=3)  # reloaded: new version
-    engine.add_request("a3", prompt, GREEDY, adapter="alpha")
-    engine.step()
-    assert engine.scheduler.find("a2").num_cached_tokens > 0
-    assert engine.scheduler.find("a3").num_cached_tokens == 0
-    while engine.has_unfinished():
-        engine.step()
+    engine.load_dummy_adapter("alpha", 8, seed=1)
+    engine.load_dummy_adapter("beta", 8, seed=2)
+
+    def cached(adapter: str) -> int:  # prefix-cache hits of one request on ``adapter``
+        return llm.generate(prompt, GREEDY, lora=adapter, use_tqdm=False)[0].num_cached_tokens
+
+    assert cached("alpha") == 0
+    assert cached("beta") == 0  # the same tokens on another adapter: none of alpha's blocks
+    assert cached("alpha") > 0  # its own blocks are reused
+    engine.load_dummy_adapter("alpha", 8, seed=3)  # reloaded: new version
+    assert cached("alpha") == 0  # never the old version's blocks
     assert_no_leaks(llm)
 
 
@@ -156,6 +149,7 @@ def test_prompt_too_long_is_rejected(checkpoint):
 
 def test_scheduler_policy_is_chosen_by_name(checkpoint):
     _, path = checkpoint
-    assert LLM(path, device="cpu", scheduler="fcfs").engine.scheduler.config.policy == "fcfs"
-    with pytest.raises(ValueError, match="unknown scheduler policy"):
+    assert LLM(path, device="cpu", scheduler="fcfs").engine.config.scheduler.policy == "fcfs"
+    assert LLM(path, device="cpu", policy="punica").engine.config.scheduler.policy == "punica"
+    with pytest.raises(ValueError, match="unknown policy"):
         LLM(path, device="cpu", scheduler="lottery")

@@ -98,4 +98,4 @@ def test_stop_string_end_to_end():
                             skip_special_tokens=False)  # fmt: skip
     out = llm.generate("Once upon a time", params, use_tqdm=False)[0].outputs[0]
     assert out.text == cut and out.finish_reason == "stop" and out.stop_reason == stop
-    assert llm.engine.block_manager.all_free
+    assert llm.engine.snapshot().is_idle

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from valora.engine.warmup import lora_kernel_limits, precompile_lora, precompile_quant, warmup
 from valora.llm import LLM
-from valora.warmup import precompile_lora, precompile_quant, warmup
 
 
 def test_warmup_runs_adapters_and_images_and_frees_everything():
@@ -16,13 +16,11 @@ def test_warmup_runs_adapters_and_images_and_frees_everything():
     engine = llm.engine
     report = warmup(engine, lengths=(16, 64))
     assert report.seconds > 0 and report.kernel_configs == 0  # the torch loop compiles nothing
-    assert not engine.has_unfinished() and not engine._requests
-    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
-    assert engine.scheduler.num_unfinished == 0
+    snap = engine.snapshot()
+    assert not engine.has_unfinished() and snap.is_idle
     # merge kernels: one adapter per rank class (dummy ranks 8, 16, 32: classes 16 and 32)
-    assert engine.lora.merged is None and engine.lora.num_switches == 3
-    assert engine.stats.switches == 3  # through the engine's switch path, counted
-    assert engine.lora.pool.stats.loads + engine.lora.pool.stats.prefetches >= 3  # adapters ran
+    assert snap.merged_adapter is None and snap.steps["switches"] == 3
+    assert snap.pool_loads + snap.pool_prefetches >= 3  # adapters ran
     out = llm.generate(["hello"], use_tqdm=False)  # serving goes on normally afterwards
     assert out[0].outputs[0].token_ids
 
@@ -34,15 +32,12 @@ def test_precompile_covers_every_target_with_the_atmm_backend():
     device = "cuda" if torch.cuda.is_available() else "cpu"
     llm = LLM("tiny", device=device, num_token=4096, num_dummy_adapters=2, lora_backend="atmm")
     engine = llm.engine
-    sched = engine.scheduler.config
+    limits = lora_kernel_limits(engine)  # the engine's real limits, read from its config
+    assert len(limits) == 10  # qkv, o, gate_up, down; the vision tower 4; the merger 2
+    by_rows = {rows for _, rows, _ in limits}
+    assert by_rows == {8192, 4 * 32768, 32768}  # token budget; patches; merger windows
     expected = 0
-    for buffers in engine.lora.pool.targets.values():
-        w = buffers.weights[0]
-        # language: a step's budget; vision patches (2x2 per image token) and merger windows:
-        # one request's images, up to the context length
-        rows, segments = {"language": (sched.max_num_batched_tokens, sched.max_num_seqs),
-                          "vision": (4 * sched.max_model_len, 2),
-                          "merger": (sched.max_model_len, 2)}[buffers.spec.row_group]  # fmt: skip
+    for w, rows, segments in limits:
         configs = distinct_configs(w, rows, segments, w.a.dtype, w.a.device)
         expected += len(configs["shrink"]) + len(configs["expand"])
     assert precompile_lora(engine) == expected > 0

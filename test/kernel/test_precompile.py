@@ -10,8 +10,8 @@ import torch
 pytest.importorskip("triton")
 
 from atmm.ops.precompile import distinct_configs, precompile, reachable_buckets  # noqa: E402
-from atmm.tuning import pow2_ceil  # noqa: E402
 from atmm.workloads import make_weights  # noqa: E402
+from kernel_tables import pow2_ceil  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -101,7 +101,7 @@ def test_dequantize_kernel_matches_reference(bits, group_size, act_order):
 @pytest.mark.gpu
 def test_tuned_table_entries_are_correct():
     """Every entry of this GPU's shipped table (the configs the engine runs) on its own shape."""
-    from valora.quant.tuning import _table
+    from valora.quant.config_table import _table
 
     table = _table(torch.cuda.get_device_name(), torch.bfloat16)
     if not table:
@@ -114,20 +114,20 @@ def test_tuned_table_entries_are_correct():
 def test_untuned_default_is_one_config_per_m_bucket(monkeypatch):
     """Every M of a bucket gets the bucket's config (else each new batch size would compile a
     new kernel); M = 1 keeps the gemv."""
-    from valora.quant import tuning
+    from valora.quant import config_table
 
-    monkeypatch.setattr(tuning, "device_name", lambda device: "a gpu with no table")
-    monkeypatch.setattr(tuning, "_num_sms", lambda device: 132)
-    tuning.get_config.cache_clear()
+    monkeypatch.setattr(config_table, "device_name", lambda device: "a gpu with no table")
+    monkeypatch.setattr(config_table, "_num_sms", lambda device: 132)
+    config_table.get_config.cache_clear()
     gpu = torch.device("cuda")  # only its type is read
     try:
-        assert tuning.get_config(1, 4608, 3584, 4, torch.bfloat16, gpu)["kernel"] == "gemv"
+        assert config_table.get_config(1, 4608, 3584, 4, torch.bfloat16, gpu)["kernel"] == "gemv"
         previous = 1
-        for bucket in tuning.M_BUCKETS[1:]:
-            configs = [tuning.get_config(m, 4608, 3584, 4, torch.bfloat16, gpu)
+        for bucket in config_table.M_BUCKETS[1:]:
+            configs = [config_table.get_config(m, 4608, 3584, 4, torch.bfloat16, gpu)
                        for m in range(previous + 1, bucket + 1)]  # fmt: skip
             assert all(c == configs[-1] for c in configs), bucket
-            assert configs[-1] == tuning.default_config(bucket, 4608, 3584, 132)
+            assert configs[-1] == config_table.default_config(bucket, 4608, 3584, 132)
             previous = bucket
     finally:
-        tuning.get_config.cache_clear()
+        config_table.get_config.cache_clear()

@@ -6,7 +6,6 @@ in the GPU pool (``admit``), and unpinned when it leaves the running set (``rele
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,26 +16,9 @@ from valora.adapters.peft_loader import dummy_adapter, load_peft_adapter
 from valora.adapters.pool import AdapterKey, AdapterPool
 from valora.adapters.registry import AdapterRegistry
 from valora.adapters.targets import model_targets
-from valora.config import ModelConfig, triton_interpreter_enabled
+from valora.config import LoRAConfig, ModelConfig, triton_interpreter_enabled
 from valora.layers.lora import LoRARuntime, attach_lora, step_segments
 from valora.request import Request
-
-
-@dataclass(frozen=True)
-class LoRAConfig:
-    max_loras: int = 8  # GPU pool size, in adapters of max_lora_rank (more fit at lower ranks)
-    max_lora_rank: int = 64
-    max_cpu_loras: int = 64  # host (pinned) copies kept
-    backend: str | None = None  # None: the policy's kernels (atmm for valora/fcfs)
-    towers: tuple[str, ...] = ("language", "vision")
-    allow_pickle: bool = False  # accept adapter_model.bin (pickle) files
-    enable_prefetch: bool = True
-
-    def __post_init__(self) -> None:
-        if self.max_loras < 1 or self.max_lora_rank < 1:
-            raise ValueError("max_loras and max_lora_rank must be >= 1")
-        if not set(self.towers) <= {"language", "vision"} or not self.towers:
-            raise ValueError(f"towers must be language and/or vision, got {self.towers}")
 
 
 def lora_targets(cfg: ModelConfig, config: LoRAConfig) -> tuple:

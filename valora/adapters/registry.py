@@ -104,6 +104,9 @@ class AdapterRegistry:
             )
         return adapter
 
+    def num_refs(self) -> int:
+        return sum(e.refs for e in list(self.entries.values()))  # list(): one GIL hold
+
     def ref(self, key: AdapterKey) -> None:
         self.entries[key].refs += 1
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atmm.tuning import pow2_ceil
+from kernel_tables import pow2_ceil
 
 
 @dataclass

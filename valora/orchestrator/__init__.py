@@ -26,5 +26,5 @@ __all__ = ["POLICIES", "Plan", "Policy", "StepRecord", "make_policy"]
 
 def make_policy(name: str, **options) -> Policy:
     if name not in POLICIES:
-        raise ValueError(f"unknown scheduler policy {name!r}; choose one of {sorted(POLICIES)}")
+        raise ValueError(f"unknown policy {name!r}; choose one of {sorted(POLICIES)}")
     return POLICIES[name](**options)

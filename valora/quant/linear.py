@@ -1,9 +1,9 @@
 """``QuantLinear``: a ``Linear`` whose weight is held quantized (W4A16 / W8A16).
 
 The matmul strategy is chosen once, by device: on CUDA ``quant_matmul`` runs the strategy the
-tuned table (``valora.quant.tuning``) holds for the call's shape bucket (in-kernel dequantization
-for small M, dequantize + cuBLAS where that measured faster); on the CPU the torch reference
-dequantizes and multiplies (tests, the demo).
+tuned table (``valora.quant.config_table``) holds for the call's shape bucket (in-kernel
+dequantization for small M, dequantize + cuBLAS where that measured faster); on the CPU the
+torch reference dequantizes and multiplies (tests, the demo).
 
 Merged mode: while an adapter is merged, ``merged_weight`` holds a dense [N, K] copy, the
 dequantized weight plus the adapter's delta (``valora.adapters.merge``), and the layer runs a

@@ -1,7 +1,7 @@
 """W4A16 / W8A16 GEMM in Triton: y = x @ W^T with W dequantized inside the kernel.
 
 x [M, K] fp16/bf16, W a ``QuantizedWeight`` (canonical layout, ``valora.quant.types``), y [M, N]
-in x's dtype. Two kernels, one config each (``valora.quant.tuning`` picks per shape bucket):
+in x's dtype. Two kernels, one config each (``valora.quant.config_table`` picks per shape bucket):
 
 - ``gemv`` (M = 1, decode): a program owns BLOCK_N columns and one K split; it accumulates
   ``w * x`` element-wise in an fp32 register tile and reduces it once at the end (no tensor
@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from valora.quant.tuning import get_config
+from valora.quant.config_table import get_config
 from valora.quant.types import QuantizedWeight
 
 
@@ -252,8 +252,9 @@ def dequantize_kn(w: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
 
 
 def quant_matmul(x: torch.Tensor, w: QuantizedWeight, config: dict | None = None) -> torch.Tensor:
-    """x [M, K] -> [M, N] in x.dtype. ``config``: an entry of ``valora.quant.tuning`` (default:
-    the tuned one of this shape): in-kernel dequantization (gemv, dot), or dequantize + cuBLAS."""
+    """x [M, K] -> [M, N] in x.dtype. ``config``: an entry of ``valora.quant.config_table``
+    (default: the tuned one of this shape): in-kernel dequantization (gemv, dot), or dequantize +
+    cuBLAS."""
     m, k = x.shape
     n = w.out_features
     if k != w.in_features:

@@ -137,7 +137,7 @@ def _card(model_id: str, root: str, parent: str | None, created: int, engine) ->
 def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> None:
     @app.post("/v1/load_lora_adapter")
     async def load_adapter(body: LoadLoRAAdapterRequest):
-        if engine.lora is None:
+        if engine.config.lora is None:
             return error(400, "this server runs without LoRA (start it with --enable-lora)")
         if config.lora_root is None:
             return error(400, "runtime adapter loading is disabled (start with --lora-root DIR)")
@@ -149,7 +149,7 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
             return error(400, f"adapter path {body.lora_path!r} is outside the allowed root",
                          param="lora_path")  # fmt: skip
         try:  # every file is resolved again (symlinks) and must stay under the root
-            version = await runner.call(engine.lora.add_adapter, body.lora_name, str(path), root)
+            version = await runner.call(engine.load_adapter, body.lora_name, str(path), root)
         except FileNotFoundError as exc:
             return error(404, f"cannot load adapter {body.lora_name!r}: {exc}", param="lora_path")
         except (OSError, ValueError) as exc:
@@ -163,7 +163,7 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
             return error(404, f"adapter {body.lora_name!r} is not loaded", param="lora_name")
         # requests already running on it finish on its weights; new ones cannot name it
         try:
-            await runner.call(engine.lora.remove_adapter, body.lora_name)
+            await runner.call(engine.unload_adapter, body.lora_name)
         except KeyError:  # unloaded by a concurrent call
             return error(404, f"adapter {body.lora_name!r} is not loaded", param="lora_name")
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import argparse
 
-from valora.orchestrator import POLICIES
+from valora.cli_fields import add_cli_args, from_cli
+from valora.config import EngineConfig, LoRAConfig, SchedulerConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,36 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key", help="require 'Authorization: Bearer KEY' on every route but /health"
     )
-    p.add_argument("--quantization", default="none", choices=["none", "w4a16", "w8a16"])
-    p.add_argument("--quant-merge", default="auto", choices=["auto", "on", "off"],
-                   help="merged mode on a quantized base: dense overlays of the LoRA targets "
-                        "(auto: where they take at most half the KV-cache memory)")  # fmt: skip
-    # engine
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--device")
-    p.add_argument("--num-token", type=int, help="KV-cache budget in tokens")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.85)
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=8192)
-    p.add_argument("--max-model-len", type=int, default=32768)
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--no-prefix-caching", action="store_true")
-    p.add_argument("--enforce-eager", action="store_true")
+    add_cli_args(EngineConfig, p.add_argument_group("engine"))
+    p.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
+                   help="the same as --no-enable-prefix-caching")  # fmt: skip
     p.add_argument("--warmup", default="auto", choices=["auto", "on", "off"],
                    help="run warm-up requests before serving (auto: on a GPU, where kernels "
                         "compile on first use)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheduler", default="valora", choices=sorted(POLICIES))
-    # LoRA
-    p.add_argument("--num-adapter", type=int, default=0, help="dummy adapters lora0..loraN-1")
-    p.add_argument("--dummy-ranks", type=int, nargs="+", default=[8, 16, 32, 64])
-    p.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
-    p.add_argument("--enable-lora", action="store_true", help="LoRA on even with no adapter yet")
-    p.add_argument("--max-loras", type=int, default=8)
-    p.add_argument("--max-lora-rank", type=int, default=64)
-    p.add_argument("--max-cpu-loras", type=int, default=64)
-    p.add_argument("--lora-backend", choices=["atmm", "sgmv", "mbgmv", "einsum", "torch"])
-    p.add_argument("--lora-root", help="runtime adapter loads only from under this directory")
+    add_cli_args(SchedulerConfig, p.add_argument_group("scheduler"))
+    lora = p.add_argument_group("LoRA")
+    add_cli_args(LoRAConfig, lora)
+    lora.add_argument("--num-adapter", type=int, default=0, help="dummy adapters lora0..loraN-1")
+    lora.add_argument("--dummy-ranks", type=int, nargs="+", default=[8, 16, 32, 64])
+    lora.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="LoRA on even with no adapter yet")  # fmt: skip
+    lora.add_argument("--lora-root", help="runtime adapter loads only from under this directory")
     # requests
     p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) images")
@@ -88,29 +74,32 @@ def lora_modules(items: list[str]) -> dict[str, str]:
     return modules
 
 
+def engine_config_from(args: argparse.Namespace) -> EngineConfig:
+    model = args.model_setting if args.dummy or not args.model else args.model
+    enable_lora = args.enable_lora or bool(args.lora_modules) or args.num_adapter > 0
+    lora = from_cli(LoRAConfig, args) if enable_lora else None
+    return from_cli(EngineConfig, args, model=model, scheduler=from_cli(SchedulerConfig, args),
+                    lora=lora)  # fmt: skip
+
+
 def build_server(args: argparse.Namespace):
     """-> (app, engine, served name)."""
-    from valora.llm import LLM
+    from valora.adapters.peft_loader import dummy_ranks
+    from valora.engine import build_engine
     from valora.server.api_server import ServerConfig, build_app
     from valora.server.media import MediaPolicy
 
-    model = args.model_setting if args.dummy or not args.model else args.model
-    modules = lora_modules(args.lora_modules)
-    llm = LLM(model, dtype=args.dtype, device=args.device, num_token=args.num_token,
-              enable_prefix_caching=not args.no_prefix_caching, block_size=args.block_size,
-              max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-              max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
-              lora_modules=modules, max_lora_rank=args.max_lora_rank, seed=args.seed,
-              enforce_eager=args.enforce_eager, scheduler=args.scheduler,
-              enable_lora=args.enable_lora or bool(modules) or args.num_adapter > 0 or None,
-              num_dummy_adapters=args.num_adapter, dummy_ranks=tuple(args.dummy_ranks),
-              max_loras=args.max_loras, max_cpu_loras=args.max_cpu_loras,
-              lora_backend=args.lora_backend, quantization=args.quantization,
-              quant_merge=args.quant_merge)  # fmt: skip
-    if args.warmup == "on" or (args.warmup == "auto" and llm.engine.config.device != "cpu"):
-        from valora.warmup import warmup
+    config = engine_config_from(args)
+    model = config.model
+    engine = build_engine(config)
+    for name, path in lora_modules(args.lora_modules).items():
+        engine.load_adapter(name, path)
+    for i, rank in enumerate(dummy_ranks(args.num_adapter, args.dummy_ranks)):
+        engine.load_dummy_adapter(f"lora{i}", rank, seed=config.seed + 1 + i)
+    if args.warmup == "on" or (args.warmup == "auto" and engine.config.on_gpu):
+        from valora.engine.warmup import warmup
 
-        report = warmup(llm.engine)
+        report = warmup(engine)
         print(
             f"warm-up: {report.seconds:.1f} s ({report.kernel_configs} kernel configs "
             f"compiled in {report.compile_seconds:.1f} s)",
@@ -120,10 +109,10 @@ def build_server(args: argparse.Namespace):
     media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
                         max_image_pixels=args.max_image_pixels,
                         max_images_per_request=args.max_images_per_request)  # fmt: skip
-    config = ServerConfig(name, model, args.api_key, media, args.max_pending, args.lora_root,
+    server_config = ServerConfig(name, model, args.api_key, media, args.max_pending, args.lora_root,
                           max_request_body_bytes=args.max_request_body_bytes,
                           enable_docs=not args.disable_fastapi_docs)  # fmt: skip
-    return build_app(llm.engine, config), llm.engine, name
+    return build_app(engine, server_config), engine, name
 
 
 def draining_server(app, host: str, port: int, shutdown_timeout: float, **kwargs):
@@ -146,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     app, engine, name = build_server(args)
     adapters = list(engine.adapters())
-    print(f"serving {name!r} at http://{args.host}:{args.port}/v1 (scheduler {args.scheduler})")
+    print(f"serving {name!r} at http://{args.host}:{args.port}/v1 (policy {args.policy})")
     print(f"adapters ({len(adapters)}): {', '.join(adapters) or 'none'}", flush=True)
     server = draining_server(app, args.host, args.port, args.shutdown_timeout,
                              log_level="warning")  # fmt: skip

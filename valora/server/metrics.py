@@ -22,36 +22,32 @@ class EngineCollector:
         self.metrics = metrics
 
     def collect(self):
-        e, m = self.engine, self.metrics
-        usage = e.resource_usage()
+        snap, m = self.engine.snapshot(), self.metrics
         for name, doc, value in (
-            ("valora_num_requests_waiting", "Requests waiting", usage["num_waiting"]),
-            ("valora_num_requests_running", "Requests running", usage["num_running"]),
+            ("valora_num_requests_waiting", "Requests waiting", snap.num_waiting),
+            ("valora_num_requests_running", "Requests running", snap.num_running),
             ("valora_kv_cache_usage_perc", "Fraction of KV blocks in use (idle cached blocks "
-             "count as free)", usage["kv_blocks_in_use"] / usage["kv_blocks_total"]),
+             "count as free)", snap.kv_usage),
             ("valora_kv_blocks_in_use", "KV blocks held by unfinished requests",
-             usage["kv_blocks_in_use"]),
+             snap.kv_blocks_in_use),
             ("valora_lora_request_pins", "Adapter pool pins held by unfinished requests",
-             usage["adapter_pins"]),
+             snap.adapter_request_pins),
         ):  # fmt: skip
             yield GaugeMetricFamily(name, doc, value=value)
         hit = m.cached_tokens / m.prompt_tokens if m.prompt_tokens else 0.0
         doc = "Prompt tokens served from the prefix cache"
         yield GaugeMetricFamily("valora_prefix_cache_hit_rate", doc, value=hit)
-        lora = e.lora
-        stats = lora.pool.stats if lora is not None else None
         for name, doc, value in (
-            ("valora_lora_loads", "Adapter loads into the GPU pool", stats and stats.loads),
-            ("valora_lora_evictions", "Adapters evicted from the GPU pool",
-             stats and stats.evictions),
-        ):  # fmt: skip
-            yield CounterMetricFamily(name, doc, value=value or 0)
-        yield from _step_families(e.stats.snapshot())
+            ("valora_lora_loads", "Adapter loads into the GPU pool", snap.pool_loads),
+            ("valora_lora_evictions", "Adapters evicted from the GPU pool", snap.pool_evictions),
+        ):
+            yield CounterMetricFamily(name, doc, value=value)
+        yield from _step_families(snap.steps)
 
 
 def _step_families(stats: dict):
     """Steps, step seconds and step tokens per LoRA mode; switches and their seconds (one
-    source, ``valora.engine_stats``, for the count and the seconds)."""
+    source, ``valora.engine.stats``, for the count and the seconds)."""
     for key, name, doc in (
         ("steps", "valora_steps", "Engine steps by LoRA mode"),
         ("step_seconds", "valora_step_seconds", "Seconds spent in engine steps by LoRA mode"),

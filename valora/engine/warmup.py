@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from valora.engine import LLMEngine
+from valora.engine.llm_engine import LLMEngine
 from valora.layers.merge_kernels import rank_tile
 from valora.sampling_params import SamplingParams
 
@@ -84,28 +84,32 @@ def precompile_lora(engine: LLMEngine) -> int:
     backend = lora.runtime.backend if lora is not None else None
     if not hasattr(backend, "precompile"):
         return 0
+    return sum(backend.precompile(w, rows, segs) for w, rows, segs in lora_kernel_limits(engine))
+
+
+def lora_kernel_limits(engine: LLMEngine) -> list[tuple]:
+    """(layer-0 ``LoRAWeights``, most rows, most segments) per LoRA target: the largest launch
+    a step can make. A step's language rows are bounded by the token budget; a vision pass
+    encodes whole requests up to the same budget of image tokens, or one request's (up to the
+    context length) alone, one segment per request; patch rows are merge^2 per image token."""
+    if engine.lora is None:
+        return []
     sched = engine.scheduler.config
-    # a step's language rows are bounded by the token budget; a vision pass encodes whole
-    # requests up to the same budget of image tokens, or one request's (up to the context
-    # length) alone, one segment per request; patch rows are merge^2 per image token
     windows = max(sched.max_model_len, sched.max_num_batched_tokens)
     patches = windows * engine.model_config.vision.spatial_merge_size**2
     limits = {"language": (sched.max_num_batched_tokens, sched.max_num_seqs),
               "vision": (patches, sched.max_num_seqs),
               "merger": (windows, sched.max_num_seqs)}  # fmt: skip
-    count = 0
-    for buffers in lora.pool.targets.values():
-        max_tokens, max_segments = limits[buffers.spec.row_group]
-        count += backend.precompile(buffers.weights[0], max_tokens, max_segments)
-    return count
+    return [(buffers.weights[0], *limits[buffers.spec.row_group])
+            for buffers in engine.lora.pool.targets.values()]  # fmt: skip
 
 
 def precompile_quant(engine: LLMEngine) -> int:
     """One call per M bucket of each distinct quantized linear shape on the GPU (each bucket has
     its own kernel config); returns the calls made."""
+    from valora.quant.config_table import M_BUCKETS
     from valora.quant.linear import QuantLinear
     from valora.quant.triton_gemm import quant_matmul
-    from valora.quant.tuning import M_BUCKETS
 
     seen = set()
     for module in engine.model.modules():

@@ -1,29 +1,30 @@
-"""Offline tuning of the quantized GEMM: ``python -m valora.quant.tune``.
+"""Offline tuning of the quantized GEMM: ``python -m valora.quant.tuner``.
 
 For every LM linear shape of the chosen model settings, every bits and every M bucket
-(``valora.quant.tuning``) it times each candidate (gemv / dot tiles, and dequantize + cuBLAS)
-on the current GPU from CUDA-graph replays with the L2 flushed, checks each candidate's output
-against dequantize + matmul (a wrong one is dropped), keeps the fastest and writes
-``valora/quant/configs/<gpu>__<dtype>.json``. Entries already in the table are kept unless
-``--retune``; ``--budget-s`` stops early and saves what was measured.
+(``valora.quant.config_table``) it times each candidate (gemv / dot tiles, and dequantize +
+cuBLAS) on the current GPU (``kernel_tables.timing.gpu_time``: CUDA-graph replays with the L2
+flushed, median), checks each candidate's output against dequantize + matmul (a wrong one is
+dropped), keeps the fastest and writes ``valora/quant/configs/<gpu>__<dtype>.json``. Entries
+already in the table are kept unless ``--retune``; ``--budget-s`` stops early and saves what was
+measured.
 
-    python -m valora.quant.tune --models qwen2-vl-7b --bits 4 8 --dtype bfloat16
+    python -m valora.quant.tuner --models qwen2-vl-7b --bits 4 8 --dtype bfloat16
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import statistics
 import time
 
 import torch
 import triton
 
-from atmm.tuning import read_table, write_table
+from kernel_tables import read_table, write_table
+from kernel_tables.timing import gpu_time
+from valora.quant.config_table import M_BUCKETS, bucket_key, table_path
 from valora.quant.reference import quantize_rtn
 from valora.quant.triton_gemm import dequantize_kn, quant_matmul
-from valora.quant.tuning import M_BUCKETS, bucket_key, quant_table_path
 
 MODEL_SHAPES = {  # (N, K) of qkv, o, gate|up, down
     "qwen2-vl-7b": [(4608, 3584), (3584, 3584), (37888, 3584), (3584, 18944)],
@@ -57,29 +58,7 @@ def candidates(m: int) -> list[dict]:
     ]  # fmt: skip
 
 
-_FLUSH: torch.Tensor | None = None
-
-
-def time_us(fn, reps: int = 15) -> float:
-    """Median GPU time of one call: a CUDA graph of it, replayed with the L2 flushed before."""
-    global _FLUSH
-    if _FLUSH is None:
-        _FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")  # > the L2 cache
-    fn()  # compile and allocate outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    times = []
-    for _ in range(reps):
-        _FLUSH.zero_()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    return statistics.median(times)
+_REPS = 15  # timed replays per candidate (median)
 
 
 def tune_bucket(n: int, k: int, bits: int, m: int, dtype: torch.dtype) -> tuple[dict, float]:
@@ -94,7 +73,7 @@ def tune_bucket(n: int, k: int, bits: int, m: int, dtype: torch.dtype) -> tuple[
             if (got - want).abs().max() > 2e-2 * want.abs().max():
                 print(f"  dropped (wrong output): {config}", flush=True)
                 continue
-            us = time_us(lambda: quant_matmul(x, w, config))  # noqa: B023
+            us = 1e6 * gpu_time(lambda: quant_matmul(x, w, config), reps=_REPS)  # noqa: B023
         except (triton.runtime.errors.OutOfResources, RuntimeError) as e:
             print(f"  skipped {config}: {type(e).__name__}", flush=True)
             torch.cuda.synchronize()
@@ -115,7 +94,7 @@ def main() -> None:
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     gpu = torch.cuda.get_device_name()
-    path = quant_table_path(gpu, dtype)
+    path = table_path(gpu, dtype)
     table = read_table(path)
     deadline = time.monotonic() + args.budget_s
     jobs = itertools.product(args.bits, {s for m in args.models for s in MODEL_SHAPES[m]},

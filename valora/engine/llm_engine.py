@@ -12,191 +12,79 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
+from torch import nn
 
-from valora.adapters.manager import LoRAConfig, LoRAManager, lora_targets
-from valora.adapters.merge import overlay_bytes
+from valora.adapters.manager import LoRAManager
 from valora.block_manager import BlockManager
-from valora.config import ModelConfig, is_model_setting
-from valora.cuda_graphs import DecodeGraphs, GraphForward, capture_sizes
-from valora.engine_stats import EngineStats
-from valora.forward import EagerForward
+from valora.config import EngineConfig, ModelConfig
+from valora.engine.stats import EngineSnapshot, EngineStats
+from valora.engine.weights_plan import WeightsPlan
 from valora.inputs import ProcessedPrompt, PromptType, build_request, process_prompt
-from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner
-from valora.orchestrator import make_policy
-from valora.orchestrator.base import AdapterKey, Plan
+from valora.orchestrator.base import AdapterKey, Plan, Policy
 from valora.output_processor import OutputProcessor, SampledToken
 from valora.request import Request, RequestOutput, RequestStatus
 from valora.sampling_params import SamplingParams
-from valora.scheduler import OpenGate, Scheduler, SchedulerConfig, SchedulerOutput
+from valora.scheduler import Scheduler, SchedulerOutput
 from valora.tokenizer import Tokenizer
-from valora.weights import load_model
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class EngineConfig:
-    model: str = "tiny"  # a model setting or a checkpoint directory
-    dtype: torch.dtype = torch.float32
-    device: str = "cpu"
-    num_token: int | None = None  # KV budget in tokens; None: from gpu_memory_utilization
-    gpu_memory_utilization: float = 0.85
-    block_size: int = 16
-    enable_prefix_caching: bool = True
-    scheduler: SchedulerConfig = SchedulerConfig()
-    seed: int = 0  # dummy-weight seed
-    enforce_eager: bool = False  # True: no CUDA graphs for decode steps
-    lora: LoRAConfig | None = None  # None: no LoRA (no pool, no LoRA layers)
-    quantization: str = "none"  # "w4a16" | "w8a16": the language model's linears quantized
-    # merged mode on a quantized base (dense overlays of the LoRA targets, valora.adapters.merge):
-    # "auto" where they take at most half the memory left for the KV cache, "on" (an error
-    # if they do not fit), "off"
-    quant_merge: str = "auto"
-    policy_options: tuple[tuple[str, object], ...] = ()  # keyword options of the policy
+class EngineParts:
+    """What ``valora.engine.builder.build_engine`` assembles (config resolved: concrete device
+    and dtype)."""
 
-    def __post_init__(self) -> None:
-        if self.quant_merge not in ("auto", "on", "off"):
-            raise ValueError(f"quant_merge must be auto, on or off, got {self.quant_merge!r}")
+    config: EngineConfig
+    weights: WeightsPlan
+    model: nn.Module
+    tokenizer: Tokenizer
+    policy: Policy
+    lora: LoRAManager | None
+    block_manager: BlockManager
+    scheduler: Scheduler
+    runner: ModelRunner
+    outputs: OutputProcessor
 
 
 class LLMEngine:
-    def __init__(self, config: EngineConfig) -> None:
-        self.config = config
-        self.model = load_model(config.model, config.dtype, config.device, seed=config.seed)
-        self.model_config: ModelConfig = self.model.cfg
-        self._quantize()
-        is_dir = not is_model_setting(config.model)
-        self.tokenizer = Tokenizer.load(config.model if is_dir else None)
-        self.policy = make_policy(config.scheduler.policy, **dict(config.policy_options))
-        self.can_merge = False  # set by _lora_manager
-        self.lora = self._lora_manager()  # before the KV cache: it takes GPU memory
-        num_blocks = self._num_kv_blocks()
-        cfg = self.model_config
-        kv_cache = KVCache(cfg.num_hidden_layers, num_blocks, config.block_size,
-                           cfg.num_key_value_heads, cfg.head_dim, config.dtype,
-                           config.device)  # fmt: skip
-        self.model.attn_backend = _attention_backend(kv_cache, config.device)
-        self.block_manager = BlockManager(num_blocks, config.block_size,
-                                          config.enable_prefix_caching)  # fmt: skip
-        max_len = min(config.scheduler.max_model_len, cfg.max_position_embeddings)
-        sched_cfg = dataclasses.replace(config.scheduler, max_model_len=max_len)
-        self.scheduler = Scheduler(sched_cfg, self.block_manager, self.policy,
-                                   self.lora or OpenGate())  # fmt: skip
-        overlays = self.lora is not None and self.lora.merger is not None and (
-            self.lora.merger.has_overlays)  # fmt: skip
-        self.policy.bind(num_blocks * config.block_size, overlay_merges=overlays)
-        # one vision pass encodes at most a step's token budget of image tokens
-        self.runner = ModelRunner(self.model, kv_cache, forward=self._forward_strategy(kv_cache),
-                                  lora=self.lora,
-                                  encoder_budget=sched_cfg.max_num_batched_tokens)  # fmt: skip
-        self.outputs = OutputProcessor(self.tokenizer, max_len)
+    """The front door: requests (``add_request`` / ``abort`` / ``step``), adapters
+    (``load_adapter`` / ``unload_adapter`` / ``adapters``), limits (``max_model_len``,
+    ``kv_capacity_tokens``) and a frozen ``snapshot()``. Callers outside ``valora.engine`` use
+    only these; the parts below are the engine's own.
+
+    Invariant: every unfinished request is in ``_requests`` and the scheduler; it holds one ref
+    on its adapter version, released exactly once when it finishes (stop, length, abort, error).
+    """
+
+    def __init__(self, parts: EngineParts) -> None:
+        self.config = parts.config
+        self.weights = parts.weights
+        self.model = parts.model
+        self.model_config: ModelConfig = parts.weights.model_config
+        self.tokenizer = parts.tokenizer
+        self.policy = parts.policy
+        self.lora = parts.lora
+        self.block_manager = parts.block_manager
+        self.scheduler = parts.scheduler
+        self.runner = parts.runner
+        self.outputs = parts.outputs
         self._requests: dict[str, Request] = {}  # unfinished requests by id
         self.stats = EngineStats()
-
-    def _quantize(self) -> None:
-        """Weight-only quantization of the LM linears (RTN from the loaded weights: the dummy
-        quantized weights of the named settings)."""
-        if self.config.quantization == "none":
-            return
-        from valora.quant.convert import quantize_model_rtn
-
-        quantize_model_rtn(self.model, self.config.quantization)
-        if self.config.device.startswith("cuda"):
-            torch.cuda.empty_cache()
-
-    def _lora_manager(self) -> LoRAManager | None:
-        lora = self.config.lora
-        if lora is None:
-            return None
-        backend = lora.backend or self.policy.backend
-        self.can_merge = self.policy.can_merge and self._overlays_fit(lora)
-        return LoRAManager(self.model, lora, backend, self.can_merge, self.config.dtype,
-                           self.config.device)  # fmt: skip
-
-    def _overlays_fit(self, lora: LoRAConfig) -> bool:
-        """Whether merged mode gets its memory: free on a dense base (the pristine copies are
-        the policy's cost); on a quantized base the dense overlays must fit (``quant_merge``).
-        Without them every step runs unmerged: the policy's merge plans are not carried out."""
-        mode = self.config.quant_merge
-        if self.config.quantization == "none":
-            return True
-        if mode == "off":
-            return False
-        need = overlay_bytes(self.model, lora_targets(self.model.cfg, lora))
-        if not self.config.device.startswith("cuda"):
-            return True
-        usable = self._usable_bytes()
-        if self.config.num_token is not None:
-            usable -= self.config.num_token * self._kv_bytes_per_token()
-            fits = need <= usable
-        else:
-            fits = need <= usable / 2
-        if mode == "on" and not fits:
-            raise ValueError(f"quant_merge='on': the merge overlays need {need / 2**30:.1f} GiB, "
-                             f"{max(usable, 0) / 2**30:.1f} GiB is left")  # fmt: skip
-        return fits
-
-    def _forward_strategy(self, kv_cache: KVCache):
-        """Captured decode graphs on CUDA (unless enforce_eager, or the attention backend reads
-        host-side lengths, or the LoRA backend must re-prepare its pool views after adapter
-        loads), eager forwards otherwise."""
-        runtime = None if self.lora is None else self.lora.runtime
-        eager = EagerForward(self.model, runtime)
-        graph_safe = getattr(self.model.attn_backend, "graph_safe", False)
-        if runtime is not None:
-            graph_safe = graph_safe and runtime.backend.graph_safe and runtime.static_prepare
-        if not self.config.device.startswith("cuda") or self.config.enforce_eager or not graph_safe:
-            return eager
-        max_seqs = self.scheduler.config.max_num_seqs
-        merger = None if self.lora is None else self.lora.merger
-        overlays = merger is not None and merger.has_overlays
-        graphs = DecodeGraphs(self.model, kv_cache, max_seqs, self.scheduler.config.max_model_len,
-                              runtime, ("none", *self._lora_variants()),
-                              merger.overlays_active if overlays else None)  # fmt: skip
-        graphs.capture()
-        return GraphForward(graphs, eager)
-
-    def _lora_variants(self) -> tuple[str, ...]:
-        """Decode-graph variants with LoRA rows or merged weights (besides "none")."""
-        if self.lora is None:
-            return ()
-        if not self.can_merge:
-            return ("unmerged",)
-        overlays = self.lora.merger.has_overlays  # merged steps compute on other weights
-        return ("unmerged", "mixture", "merged") if overlays else ("unmerged", "mixture")
-
-    def _num_kv_blocks(self) -> int:
-        cfg, c = self.model_config, self.config
-        if c.num_token is not None:
-            return max(1, c.num_token // c.block_size)
-        if not c.device.startswith("cuda"):
-            return 16384 // c.block_size
-        usable = self._usable_bytes()
-        if c.lora is not None and not c.enforce_eager:  # graph logits of the LoRA variants
-            variants = len(self._lora_variants())
-            usable -= variants * sum(capture_sizes(c.scheduler.max_num_seqs)) * cfg.vocab_size * 4
-        per_token = self._kv_bytes_per_token()
-        return max(1, int(usable // (per_token * c.block_size)) - 1)  # - the scratch block
-
-    def _usable_bytes(self) -> float:
-        """GPU memory left for the KV cache now: the utilization share, less what is in use and
-        1 GiB headroom."""
-        free, total = torch.cuda.mem_get_info()
-        return total * self.config.gpu_memory_utilization - (total - free) - (1 << 30)
-
-    def _kv_bytes_per_token(self) -> int:
-        cfg = self.model_config
-        return KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads,
-                                       cfg.head_dim, self.config.dtype)  # fmt: skip
 
     # ---- what the engine serves -----------------------------------------------------------
     @property
     def max_model_len(self) -> int:
         """The context limit: prompt plus output tokens of one request."""
         return self.scheduler.config.max_model_len
+
+    @property
+    def kv_capacity_tokens(self) -> int:
+        """Tokens the KV cache holds (all blocks)."""
+        return self.block_manager.num_blocks * self.block_manager.block_size
 
     def adapters(self) -> dict[str, str]:
         """Loaded adapters (newest versions): name -> where it came from (path or dummy)."""
@@ -206,6 +94,27 @@ class LLMEngine:
         latest = dict(registry.latest)  # one atomic copy: servers read this off the engine thread
         entries = {name: registry.entries.get((name, version)) for name, version in latest.items()}
         return {name: e.description for name, e in sorted(entries.items()) if e is not None}
+
+    def load_adapter(self, name: str, path: str | Path, root: str | Path | None = None) -> int:
+        """Load (or reload: a new version) a PEFT adapter directory; returns its version. With
+        ``root``, every file must resolve to a path under it."""
+        return self._lora_or_error().add_adapter(name, path, root)
+
+    def load_dummy_adapter(self, name: str, rank: int, seed: int) -> int:
+        """A random adapter of ``rank`` on every target (benchmarks, tests, the demo)."""
+        return self._lora_or_error().add_dummy(name, rank, seed)
+
+    def unload_adapter(self, name: str) -> None:
+        """New requests can no longer name it; requests already using it finish on it."""
+        lora = self._lora_or_error()
+        if name not in lora.registry.latest:
+            raise KeyError(f"adapter {name!r} is not loaded")
+        lora.remove_adapter(name)
+
+    def _lora_or_error(self) -> LoRAManager:
+        if self.lora is None:
+            raise ValueError("this engine runs without LoRA (enable it: enable_lora=True)")
+        return self.lora
 
     # ---- requests -------------------------------------------------------------------------
     def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
@@ -285,17 +194,36 @@ class LLMEngine:
     def has_unfinished(self) -> bool:
         return self.scheduler.num_unfinished > 0
 
-    def resource_usage(self) -> dict[str, int]:
-        """What unfinished requests hold: with none left, every count but the idle cached
-        blocks is 0 (a soak's leak check)."""
-        bm = self.block_manager
-        pins = 0 if self.lora is None else self.lora.num_request_pins()
-        return {"num_unfinished": len(self._requests),
-                "num_waiting": len(self.scheduler.waiting),
-                "num_running": len(self.scheduler.running),
-                "kv_blocks_total": bm.num_blocks,
-                "kv_blocks_in_use": bm.num_blocks - bm.num_free_blocks,
-                "adapter_pins": pins}  # fmt: skip
+    def snapshot(self) -> EngineSnapshot:
+        """Queues, KV usage, adapter pool and step totals now (plain values: safe to read from
+        another thread; a scrape may see a step half done, never a broken value)."""
+        bm, sched, lora = self.block_manager, self.scheduler, self.lora
+        pool = None if lora is None else lora.pool.stats
+        return EngineSnapshot(
+            num_waiting=len(sched.waiting),
+            num_running=len(sched.running),
+            num_unfinished=len(self._requests),
+            num_preemptions=sched.num_preemptions,
+            kv_blocks_total=bm.num_blocks,
+            kv_blocks_in_use=bm.num_blocks - bm.num_free_blocks,
+            block_size=bm.block_size,
+            prefix_cache_queries=bm.stats.queries,
+            prefix_cache_hits=bm.stats.hits,
+            adapter_request_pins=0 if lora is None else lora.num_request_pins(),
+            adapter_refs=0 if lora is None else lora.registry.num_refs(),
+            merged_adapter=None if lora is None else lora.merged,
+            merge_overlays=lora is not None and lora.merger is not None
+            and lora.merger.has_overlays,
+            pool_loads=pool.loads if pool else 0,
+            pool_prefetches=pool.prefetches if pool else 0,
+            pool_evictions=pool.evictions if pool else 0,
+            host_loads=0 if lora is None else lora.registry.host_loads,
+            steps=self.stats.snapshot(),
+        )
+
+    def check_invariants(self) -> None:
+        """For tests and debugging: the KV block bookkeeping is consistent (AssertionError)."""
+        self.block_manager.check_invariants()
 
     # ---- the step -------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -388,14 +316,3 @@ class LLMEngine:
                 self.lora.registry.unref((request.adapter_id, request.adapter_version))
         if flush:
             self.outputs.finish(request)
-
-
-def _attention_backend(kv_cache: KVCache, device: str):
-    """Triton kernels on the GPU, the torch implementation elsewhere (chosen once)."""
-    if device.startswith("cuda"):
-        try:
-            from valora.layers.triton_attention import TritonPagedAttention
-        except ImportError:
-            return TorchPagedAttention(kv_cache)
-        return TritonPagedAttention(kv_cache)
-    return TorchPagedAttention(kv_cache)

@@ -2,7 +2,7 @@
 
 A call's bucket is (op, max_seg_len rounded up to a power of two, number of segments rounded up
 to a power of two, K for the shrink or N for the expand, number of slices, max_rank). Tables are
-measured offline by ``python -m atmm.tune`` on one GPU and dtype and shipped as JSON in
+measured offline by ``python -m atmm.tuner`` on one GPU and dtype and shipped as JSON in
 ``atmm/configs/`` (file name: the GPU name and the dtype). At run time the table of the current
 GPU and dtype is loaded once; a bucket it lacks (or a GPU with no table) gets ``default_config``,
 a safe heuristic, evaluated at the bucket's upper corner so that it too is one config per bucket
@@ -16,21 +16,16 @@ where the tuner measured it faster than the separate pair (``path`` "fused"; els
 
 from __future__ import annotations
 
-import json
-import re
 from functools import cache
 from pathlib import Path
 
 import torch
 
+from kernel_tables import device_name, pow2_ceil, read_table, table_file
+
 CONFIG_DIR = Path(__file__).parent / "configs"
 _GEMV_MAX_SEG_LEN = 4  # default: up to this many rows per segment take the GEMV kernels
 _TARGET_PROGRAMS = 264  # default split-K aims at about 2 programs per SM of an H100
-
-
-def pow2_ceil(n: int) -> int:
-    """The smallest power of two >= n (1 for n <= 1)."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int | str, num_slices: int,
@@ -41,33 +36,14 @@ def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int | str, num
     )
 
 
-def table_path(device_name: str, dtype: torch.dtype) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
-    return CONFIG_DIR / f"{slug}__{str(dtype).removeprefix('torch.')}.json"
-
-
-def read_table(path: Path) -> dict[str, dict]:
-    """A table file's configs by bucket key ({} when there is no file)."""
-    return json.loads(path.read_text())["configs"] if path.exists() else {}
-
-
-def write_table(path: Path, gpu: str, dtype: str, configs: dict[str, dict]) -> None:
-    """A table file: the GPU, dtype and versions it was measured with, configs sorted by key."""
-    import triton
-
-    path.parent.mkdir(exist_ok=True)
-    record = {"gpu": gpu, "dtype": dtype, "torch": torch.__version__,
-              "triton": triton.__version__, "configs": dict(sorted(configs.items()))}  # fmt: skip
-    path.write_text(json.dumps(record, indent=1) + "\n")
+def table_path(gpu: str, dtype: torch.dtype) -> Path:
+    """This GPU and dtype's table in ``CONFIG_DIR``."""
+    return table_file(CONFIG_DIR, gpu, dtype)
 
 
 @cache
-def _table(device_name: str, dtype: torch.dtype) -> dict[str, dict]:
-    return read_table(table_path(device_name, dtype))
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+def _table(gpu: str, dtype: torch.dtype) -> dict[str, dict]:
+    return read_table(table_path(gpu, dtype))
 
 
 @cache

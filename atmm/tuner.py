@@ -1,13 +1,14 @@
-"""Offline profiler for adaptive tiling: ``python -m atmm.tune``.
+"""Offline profiler for adaptive tiling: ``python -m atmm.tuner``.
 
-For every shape bucket (``atmm.tuning.bucket_key``) of the chosen model dimensions it times the
-candidate configs of the shrink and of the expand on the current GPU and keeps the fastest; the
-fused kernel is kept for a bucket only where its best time beats the tuned pair's; then
-writes the table ``atmm/configs/<gpu>__<dtype>.json`` that ``atmm.tuning`` loads at run time.
+For every shape bucket (``atmm.config_table.bucket_key``) of the chosen model dimensions it times
+the candidate configs of the shrink and of the expand on the current GPU and keeps the fastest;
+the fused kernel is kept for a bucket only where its best time beats the tuned pair's; then
+writes the table ``atmm/configs/<gpu>__<dtype>.json`` that ``atmm.config_table`` loads at run
+time. Times: ``kernel_tables.timing.gpu_time`` (CUDA-graph replays, L2 flushed, median).
 Entries already in the table are kept unless ``--retune``; ``--budget-s`` stops early and saves
 what was measured, so a long tuning can run in several sittings.
 
-    python -m atmm.tune --models qwen2-vl-7b qwen2-vl-2b --ranks 64 128 --dtype bfloat16
+    python -m atmm.tuner --models qwen2-vl-7b qwen2-vl-2b --ranks 64 128 --dtype bfloat16
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import time
 import torch
 import triton
 
+from atmm.config_table import bucket_key, table_path
 from atmm.ops.expand import launch_expand
 from atmm.ops.fused import launch_fused
 from atmm.ops.shrink import launch_shrink
-from atmm.tuning import bucket_key, read_table, table_path, write_table
 from atmm.types import LoRASegments
 from atmm.workloads import make_weights
+from kernel_tables import read_table, write_table
+from kernel_tables.timing import gpu_time
 
 # (K, output slices) of each LoRA target; the 7B list adds the op-cost benchmark's targets.
 # The vision tower (same in both sizes): qkv, proj, fc1, fc2 per block, then the merger's two
@@ -92,23 +95,7 @@ def fused_candidates(max_seg_len: int) -> list[dict]:
     ]  # fmt: skip
 
 
-def _time_ms(fn, launches: int = 4, reps: int = 3) -> float:
-    """GPU time of one call, from replays of a CUDA graph of ``launches`` calls (no host launch
-    overhead in the number: the engine replays decode from graphs too)."""
-    fn()  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(launches):
-            fn()
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / (reps * launches)
+_REPS = 10  # timed replays per candidate (median)
 
 
 def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tuple[dict, float]:
@@ -134,7 +121,7 @@ def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tu
     best, best_ms = None, float("inf")
     for config in candidates:
         try:
-            ms = _time_ms(lambda: run(config))  # noqa: B023 (called before the next iteration)
+            ms = 1e3 * gpu_time(lambda: run(config), reps=_REPS)  # noqa: B023 (used at once)
         except (triton.runtime.errors.OutOfResources, RuntimeError):
             torch.cuda.synchronize()
             continue

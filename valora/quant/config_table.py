@@ -9,7 +9,7 @@ strategies runs and with what tiles:
 - ``{"kernel": "dequant"}``: dequantize to [K, N] and multiply by cuBLAS (large M, where the
   GEMM is compute-bound and cuBLAS's tiles win).
 
-Tables are measured by ``python -m valora.quant.tune`` on one GPU and dtype (every strategy and
+Tables are measured by ``python -m valora.quant.tuner`` on one GPU and dtype (every strategy and
 candidate tile timed, the fastest kept) and shipped as JSON in ``valora/quant/configs/``. A bucket
 a table lacks, or a GPU without a table, gets ``default_config``.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import triton
 
-from atmm.tuning import device_name, read_table, table_path
+from kernel_tables import device_name, read_table, table_file
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 M_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 1024)  # M above the last uses the last bucket's entry
@@ -36,13 +36,14 @@ def bucket_key(bits: int, n: int, k: int, m: int) -> str:
     return f"w{bits}|n{n}|k{k}|m{m_bucket(m)}"
 
 
-def quant_table_path(gpu: str, dtype: torch.dtype) -> Path:
-    return CONFIG_DIR / table_path(gpu, dtype).name
+def table_path(gpu: str, dtype: torch.dtype) -> Path:
+    """This GPU and dtype's table in ``CONFIG_DIR``."""
+    return table_file(CONFIG_DIR, gpu, dtype)
 
 
 @cache
 def _table(gpu: str, dtype: torch.dtype) -> dict[str, dict]:
-    return read_table(quant_table_path(gpu, dtype))
+    return read_table(table_path(gpu, dtype))
 
 
 @cache

@@ -36,3 +36,38 @@ class EngineStats:
         return {"steps": dict(self.steps), "step_seconds": dict(self.step_seconds),
                 "step_tokens": dict(self.step_tokens), "switches": self.switches,
                 "switch_seconds": self.switch_seconds}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What the engine holds and has done, at one moment (``LLMEngine.snapshot()``): read by
+    the server's metrics, warm-up checks, benchmarks and tests. Plain values, frozen."""
+
+    num_waiting: int
+    num_running: int
+    num_unfinished: int
+    num_preemptions: int
+    kv_blocks_total: int
+    kv_blocks_in_use: int  # held by unfinished requests (idle cached blocks count as free)
+    block_size: int
+    prefix_cache_queries: int  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int
+    adapter_request_pins: int  # pool pins held by unfinished requests
+    adapter_refs: int  # registry refs held by unfinished requests
+    merged_adapter: tuple[str, int] | None
+    merge_overlays: bool  # merged steps compute on dense overlays of a quantized base
+    pool_loads: int
+    pool_prefetches: int
+    pool_evictions: int
+    host_loads: int  # adapter host copies read again from their source
+    steps: dict = field(default_factory=dict)  # EngineStats.snapshot(): per-mode step totals
+
+    @property
+    def kv_usage(self) -> float:
+        return self.kv_blocks_in_use / self.kv_blocks_total
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing unfinished, and nothing (blocks, pins, refs) left held."""
+        return not (self.num_unfinished or self.kv_blocks_in_use or self.adapter_request_pins
+                    or self.adapter_refs)  # fmt: skip
