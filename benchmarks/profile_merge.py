@@ -13,13 +13,13 @@ from harness import gpu_time, wall_time
 from torch.profiler import ProfilerActivity, profile
 
 from valora.adapters.types import LoRAAdapter
-from valora.layers.merge_kernels import torch_merge_layers, triton_merge_layers
+from valora.adapters.merge_kernels import torch_merge_layers, triton_merge_layers
 from valora.llm import LLM
 
 
 def sweep_tiles() -> None:
     """Seconds of one merge of a rank-64 gate|up slice over 28 layers per tile config."""
-    from valora.layers.merge_kernels import SliceMerge
+    from valora.adapters.merge_kernels import SliceMerge
 
     n, k, layers, rank = 18944, 3584, 28, 64
     dev, dt = "cuda", torch.bfloat16

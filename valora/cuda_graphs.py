@@ -32,9 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from atmm.types import LoRASegments
+from valora.adapters.runtime import LoRASegments, lora_mode
 from valora.forward import EagerForward, StepBatch
-from valora.layers.lora import lora_mode
 from valora.layers.paged_attention import KVCache, PagedAttentionMetadata
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
@@ -64,7 +63,7 @@ class DecodeGraphs:
         merged_weights: Callable[[], AbstractContextManager] | None = None,
     ) -> None:
         self.model = model
-        self.runtime = runtime  # valora.layers.lora.LoRARuntime, or None (no LoRA)
+        self.runtime = runtime  # valora.adapters.runtime.LoRARuntime, or None (no LoRA)
         # LoRA variants captured: "none", "unmerged", "mixture", and "merged" (overlays only)
         self.variants = variants
         # entered to capture "merged" / "mixture": the layers computing on merged overlays;

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from valora.layers.lora import step_segments
 from valora.layers.paged_attention import PagedAttentionMetadata
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.request import Request
@@ -53,14 +52,13 @@ class EagerForward:
 
     def __init__(self, model: Qwen2VLForConditionalGeneration, runtime=None) -> None:
         self.model = model
-        self.runtime = runtime  # valora.layers.lora.LoRARuntime or None
+        self.runtime = runtime  # valora.adapters.runtime.LoRARuntime or None
 
     def __call__(self, batch: StepBatch) -> torch.Tensor | None:
         device = self.model.device
         if self.runtime is not None:
-            _, own, corr = step_segments(batch.seq_slots, batch.query_lens, batch.merged_slot,
-                                         device)  # fmt: skip
-            self.runtime.set_segments("language", own, corr)
+            language = (batch.seq_slots, batch.query_lens)
+            self.runtime.set_step({"language": language}, batch.merged_slot)
         meta = PagedAttentionMetadata.from_arrays(
             batch.query_lens, batch.context_lens, batch.slot_mapping, batch.block_tables, device
         )

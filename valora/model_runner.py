@@ -15,8 +15,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from valora.adapters.runtime import lora_mode
 from valora.forward import EagerForward, StepBatch
-from valora.layers.lora import lora_mode
 from valora.layers.paged_attention import KVCache, padded_block_tables, slot_mapping
 from valora.layers.sampler import Sampler, SamplingBatch
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration

@@ -24,7 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from valora.config import ModelConfig, is_model_setting
-from valora.layers.kernels import kernels_for
+from valora.layers.kernel_choice import kernels_for
 from valora.layers.norm import RMSNorm
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 

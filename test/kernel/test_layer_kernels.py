@@ -14,7 +14,8 @@ import torch
 pytest.importorskip("triton")
 
 from valora.layers import triton_kernels  # noqa: E402
-from valora.layers.kernels import TorchKernels, get_kernels, kernels_for  # noqa: E402
+from valora.layers.kernel_choice import get_kernels, kernels_for  # noqa: E402
+from valora.layers.kernels import TorchKernels  # noqa: E402
 from valora.layers.triton_kernels import TritonKernels  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from valora.layers.merge_kernels import SliceMerge, torch_merge_layers, triton_merge_layers
+from valora.adapters.merge_kernels import SliceMerge, torch_merge_layers, triton_merge_layers
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1.6e-2}
 

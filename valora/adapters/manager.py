@@ -15,9 +15,9 @@ from valora.adapters.merge import BaseWeightMerger
 from valora.adapters.peft_loader import dummy_adapter, load_peft_adapter
 from valora.adapters.pool import AdapterKey, AdapterPool
 from valora.adapters.registry import AdapterRegistry
+from valora.adapters.runtime import LoRARuntime, attach_lora
 from valora.adapters.targets import model_targets
 from valora.config import LoRAConfig, ModelConfig, triton_interpreter_enabled
-from valora.layers.lora import LoRARuntime, attach_lora, step_segments
 from valora.request import Request
 
 
@@ -154,9 +154,8 @@ class LoRAManager:
         request's ``num_patches`` rows use its adapter)."""
         slots = [self.slot_of(r) for r in requests]
         windows = [p // self.model_config.vision.spatial_merge_size**2 for p in num_patches]
-        for group, rows in (("vision", num_patches), ("merger", windows)):
-            _, own, corr = step_segments(slots, rows, self.merged_slot, self.pool.device)
-            self.runtime.set_segments(group, own, corr)
+        groups = {"vision": (slots, num_patches), "merger": (slots, windows)}
+        self.runtime.set_step(groups, self.merged_slot)
 
 
 def lora_backend_for(name: str, device: str) -> str:

@@ -1,7 +1,7 @@
 """Merged mode: one adapter folded into the base weights, and back, exactly.
 
 ``BaseWeightMerger`` writes ``W = W0 + c B A`` in one pass per (target, slice) over all layers
-(``valora.layers.merge_kernels``: fp32 accumulation, rounded once). Each merged module is a site:
+(``valora.adapters.merge_kernels``: fp32 accumulation, rounded once). Each merged module is a site:
 
 - a dense ``Linear``: a pristine copy of W0 is kept (allocated once, before the KV cache is
   sized); merging writes the live weight in place, unmerging copies W0 back, so the base
@@ -29,9 +29,9 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from valora.adapters.merge_kernels import SliceMerge, merge_layers_for
 from valora.adapters.pool import AdapterKey, AdapterPool
 from valora.adapters.types import LoRAAdapter
-from valora.layers.merge_kernels import SliceMerge, merge_layers_for
 from valora.quant.linear import QuantLinear
 
 Module = tuple[str, int]  # (target, layer)

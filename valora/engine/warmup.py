@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from valora.adapters.merge_kernels import rank_tile
 from valora.engine.llm_engine import LLMEngine
-from valora.layers.merge_kernels import rank_tile
 from valora.sampling_params import SamplingParams
 
 

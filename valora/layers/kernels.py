@@ -12,7 +12,8 @@ to that dtype in the kernel too), in one launch per op instead of several.
 - ``rotary(q, k, cos, sin)``: rotate-half RoPE of q [T, Hq, D] and k [T, Hkv, D] with cos/sin
   [T, D] (dtype of q); returns the rotated (q, k). The Triton version rotates in place.
 
-The strategy is chosen once, when the model is placed on its device (``kernels_for``).
+The strategy is chosen once, when the model is placed on its device
+(``valora.layers.kernel_choice.kernels_for``).
 """
 
 from __future__ import annotations
@@ -48,28 +49,3 @@ class TorchKernels:
         q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-
-
-def _triton_kernels():
-    from valora.layers.triton_kernels import TritonKernels
-
-    return TritonKernels
-
-
-_REGISTRY = {"torch": lambda: TorchKernels, "triton": _triton_kernels}
-
-
-def get_kernels(name: str) -> type[TorchKernels]:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown kernels {name!r}; choose one of {sorted(_REGISTRY)}")
-    return _REGISTRY[name]()
-
-
-def kernels_for(device: torch.device | str) -> type[TorchKernels]:
-    """Triton on CUDA devices (when triton imports), torch elsewhere."""
-    if torch.device(device).type == "cuda":
-        try:
-            return get_kernels("triton")
-        except ImportError:
-            return TorchKernels
-    return TorchKernels

@@ -4,7 +4,7 @@ Each step the engine asks the policy for a ``Plan`` (which adapter, if any, shou
 the base weights; which requests sit this step out), executes the switch, lets the scheduler
 build the batch (admission in the policy's ``order``), runs it and reports the measured step
 (``observe``). The mode of a step follows from its batch and the merged adapter:
-``valora.layers.lora.lora_mode``.
+``valora.adapters.runtime.lora_mode``.
 """
 
 from __future__ import annotations

@@ -73,6 +73,15 @@ class LoRARuntime:
                      correction: LoRASegments | None) -> None:  # fmt: skip
         self.segments[group] = (own, correction)
 
+    def set_step(self, groups: dict[str, tuple[list[int], list[int]]],
+                 merged_slot: int | None) -> None:  # fmt: skip
+        """The one builder of a forward's segments: per row group ("language" tokens, "vision"
+        patches, "merger" windows), each sequence's adapter slot (-1: base) and row count ->
+        its own-adapter and correction segments (``step_segments``), set for the forward."""
+        for group, (slots, rows) in groups.items():
+            _, own, corr = step_segments(slots, rows, merged_slot, self.pool.device)
+            self.set_segments(group, own, corr)
+
     def clear(self) -> None:
         for group in self.segments:
             self.segments[group] = (None, None)

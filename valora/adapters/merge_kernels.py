@@ -51,7 +51,7 @@ def triton_merge_layers(job: SliceMerge, block_n: int = 64, block_k: int = 128,
                         num_warps: int = 4) -> None:  # fmt: skip
     import triton
 
-    from valora.layers.triton_merge import merge_layers_kernel
+    from valora.adapters.triton_merge import merge_layers_kernel
 
     device, dtype = job.outs[0].device, job.outs[0].dtype
     n, k = job.outs[0].shape

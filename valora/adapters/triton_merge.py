@@ -1,4 +1,4 @@
-"""The Triton kernel of ``valora.layers.merge_kernels.triton_merge_layers``."""
+"""The Triton kernel of ``valora.adapters.merge_kernels.triton_merge_layers``."""
 
 from __future__ import annotations
 
