@@ -16,8 +16,9 @@ POISON = "poison pill"
 
 
 def new_llm(**kwargs) -> LLM:
-    options = dict(num_token=2048, num_dummy_adapters=4, lora_backend="torch", max_model_len=256)
-    return LLM("tiny", device="cpu", **{**options, **kwargs})
+    options = dict(device="cpu", num_token=2048, num_dummy_adapters=4, lora_backend="torch",
+                   max_model_len=256)  # fmt: skip
+    return LLM("tiny", **{**options, **kwargs})
 
 
 def run(engine, prompts: list[str], adapters: list[str | None], params=GREEDY) -> dict:
