@@ -12,8 +12,8 @@ import torch
 from harness import gpu_time, wall_time
 from torch.profiler import ProfilerActivity, profile
 
-from valora.adapters.types import LoRAAdapter
 from valora.adapters.merge_kernels import torch_merge_layers, triton_merge_layers
+from valora.adapters.types import LoRAAdapter
 from valora.llm import LLM
 
 
