@@ -32,20 +32,20 @@ def _run(name: str, server: dict, client: dict) -> MappingProxyType:
 
 
 def _fig14() -> list:
-    return [_run(f"{policy}_{task}_{rate}", {"scheduler": policy, "num-adapter": 16},
+    return [_run(f"{policy}_{task}_{rate}", {"policy": policy, "num-adapter": 16},
                  {"task": task, "req_rate": rate, "skewness": 0.8, "num_adapters": 16})
             for policy in POLICIES for task in ("vqa", "vat") for rate in FIG14_RATES]  # fmt: skip
 
 
 def _skewness() -> list:
-    return [_run(f"{policy}_skew{skew}", {"scheduler": policy, "num-adapter": 16},
+    return [_run(f"{policy}_skew{skew}", {"policy": policy, "num-adapter": 16},
                  {"task": "vqa", "req_rate": 6, "skewness": skew, "num_adapters": 16})
             for policy in POLICIES for skew in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]  # fmt: skip
 
 
 def _adapters() -> list:
     """Up to 1,000 adapters (dummy ones are regenerated on demand: the host cache holds 256)."""
-    return [_run(f"{policy}_n{n}", {"scheduler": policy, "num-adapter": n, "max-cpu-loras": 256,
+    return [_run(f"{policy}_n{n}", {"policy": policy, "num-adapter": n, "max-cpu-loras": 256,
                                     "max-loras": 32},
                  {"task": "vqa", "req_rate": 6, "popularity": "power", "alpha": 0.3,
                   "num_adapters": n})
@@ -54,7 +54,7 @@ def _adapters() -> list:
 
 def _rank_mix() -> list:
     mixes = {"r8": "8", "r64": "64", "mixed": "8 16 32 64", "r128": "128"}
-    return [_run(f"{policy}_{label}", {"scheduler": policy, "num-adapter": 16,
+    return [_run(f"{policy}_{label}", {"policy": policy, "num-adapter": 16,
                                        "dummy-ranks": ranks, "max-lora-rank": 128},
                  {"task": "vqa", "req_rate": 6, "skewness": 0.5, "num_adapters": 16})
             for policy in POLICIES for label, ranks in mixes.items()]  # fmt: skip
@@ -121,7 +121,7 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
     root, out = Path(__file__).resolve().parent, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runs = [r for r in SUITES[suite] if re.search(match, r["name"])
-            and (policies is None or r["server"]["scheduler"] in policies)]  # fmt: skip
+            and (policies is None or r["server"]["policy"] in policies)]  # fmt: skip
     for server, group in _server_groups(runs):
         todo = [r for r in group if rerun or not (out / f"{r['name']}.jsonl").exists()]
         if not todo:

@@ -21,7 +21,7 @@ def test_fig14_is_rates_by_policies_by_tasks_with_one_server_per_policy():
     assert {r["client"]["req_rate"] for r in runs} == {2, 4, 6, 10, 16}
     assert {r["client"]["skewness"] for r in runs} == {0.8}
     groups = exp_suite._server_groups(runs)
-    assert sorted(g[0]["scheduler"] for g in groups) == sorted(exp_suite.POLICIES)
+    assert sorted(g[0]["policy"] for g in groups) == sorted(exp_suite.POLICIES)
     assert all(len(group) == 10 for _, group in groups)
 
 
@@ -32,8 +32,8 @@ def test_sweeps_cover_skewness_adapter_counts_to_1000_and_rank_mixes():
     assert max(counts) == 1000 and min(counts) == 1
     ranks = {r["server"]["dummy-ranks"] for r in exp_suite.SUITES["rank-mix"]}
     assert "8 16 32 64" in ranks
-    assert exp_suite._flags({"dummy-ranks": "8 16", "scheduler": "valora"}) == [
-        "--dummy-ranks", "8", "16", "--scheduler", "valora"]  # fmt: skip
+    assert exp_suite._flags({"dummy-ranks": "8 16", "policy": "valora"}) == [
+        "--dummy-ranks", "8", "16", "--policy", "valora"]  # fmt: skip
 
 
 def test_a_suite_run_starts_its_server_and_writes_the_result(tmp_path, monkeypatch):
