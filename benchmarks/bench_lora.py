@@ -23,8 +23,10 @@ import statistics
 
 import torch
 from harness import hf_model_from, profile_decode, provenance, run_engine, time_hf_generate
+from merge_manager import merge_manager, register_subset
 
-from valora.adapters.types import LoRAAdapter
+from valora.adapters.manager import LoRAManager
+from valora.adapters.peft_loader import dummy_adapter
 from valora.llm import LLM
 
 LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -58,18 +60,19 @@ def hf_peft_generate(llm: LLM, args) -> float:
     return rate
 
 
-def adapter_bytes(llm: LLM, names: list[str]) -> int:
-    """Bytes of A and B one decode step reads: every distinct adapter of the batch, once."""
-    lora = llm.engine.lora
-    return sum(lora.registry.weights(lora.resolve(n)).num_bytes for n in set(names))
+def adapter_bytes(llm: LLM, names: list[str], rank: int) -> int:
+    """Bytes of A and B one decode step reads: every distinct adapter of the batch, once (the
+    dummy adapters the engine serves: ``rank`` on the language tower, in its dtype)."""
+    cfg, dtype = llm.engine.model_config, getattr(torch, llm.engine.config.dtype)
+    one = dummy_adapter("bytes", cfg, rank, seed=0, dtype=dtype, towers=("language",))
+    return one.num_bytes * len(set(names))
 
 
-def merge_times(llm: LLM, rank: int, repeats: int) -> dict:
-    lora = llm.engine.lora
+def merge_times(lora: LoRAManager, rank: int, repeats: int) -> dict:
+    """Merge + unmerge seconds (median of ``repeats``) of a rank-``rank`` dummy adapter on all
+    seven targets and on q/k/v/o only, and the bytes each merge writes."""
     lora.add_dummy("merge-all", rank, seed=7)
-    full = lora.registry.weights(lora.resolve("merge-all"))
-    attention = {k: m for k, m in full.modules.items() if k[0] in ("qkv_proj", "o_proj")}
-    lora.registry.register("merge-qkvo", lambda: LoRAAdapter("merge-qkvo", attention), "qkvo")
+    register_subset(lora, "merge-qkvo", "merge-all", ("qkv_proj", "o_proj"))
     out = {}
     for name in ("merge-all", "merge-qkvo"):
         key = lora.resolve(name)
@@ -118,16 +121,16 @@ def main() -> None:
     record["lora_overhead"] = 1 - record["lora"]["decode_tok_s"] / record["base"]["decode_tok_s"]
     print("overhead", record["lora_overhead"], flush=True)
     record["lora_profile"] = profile_decode(lora, args.batch, args.prompt_len, adapters=names)
-    record["adapter_bytes_read_per_step"] = adapter_bytes(lora, names)
+    record["adapter_bytes_read_per_step"] = adapter_bytes(lora, names, 16)
     free(lora)
     record["hf_peft_mixed_tok_s"] = hf_peft_generate(base, args)
     print("hf+peft", record["hf_peft_mixed_tok_s"], flush=True)
     free(base)
 
-    merging = engine(args, enable_lora=True, lora_towers=("language",), max_loras=2,
-                     max_lora_rank=args.merge_rank, scheduler="valora")  # fmt: skip
+    # the merger as a unit of the adapter package (the engine does not expose its internals)
+    merging = merge_manager(args.model_setting, args.merge_rank)
     record["merge"] = merge_times(merging, args.merge_rank, args.repeats)
-    record["pristine_copy_bytes"] = merging.engine.lora.merger.num_bytes
+    record["pristine_copy_bytes"] = merging.merger.num_bytes
     print(json.dumps(record["merge"]), flush=True)
     with open(args.out, "w") as f:
         json.dump(record, f, indent=2)

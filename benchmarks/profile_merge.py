@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import torch
 from harness import gpu_time, wall_time
+from merge_manager import merge_manager, register_subset
 from torch.profiler import ProfilerActivity, profile
 
 from valora.adapters.merge_kernels import torch_merge_layers, triton_merge_layers
-from valora.adapters.types import LoRAAdapter
-from valora.llm import LLM
 
 
 def sweep_tiles() -> None:
@@ -38,14 +37,9 @@ def sweep_tiles() -> None:
 
 def main() -> None:
     sweep_tiles()
-    llm = LLM("qwen2-vl-7b", device="cuda", dtype="bfloat16", num_token=8192, max_num_seqs=8,
-              enable_lora=True, lora_towers=("language",), max_loras=2, max_lora_rank=64,
-              scheduler="valora", enforce_eager=True)  # fmt: skip
-    lora = llm.engine.lora
+    lora = merge_manager("qwen2-vl-7b", 64)  # the merger as a unit: no engine around it
     lora.add_dummy("all", 64, seed=7)
-    full = lora.registry.weights(lora.resolve("all"))
-    qkvo = {k: m for k, m in full.modules.items() if k[0] in ("qkv_proj", "o_proj")}
-    lora.registry.register("qkvo", lambda: LoRAAdapter("qkvo", qkvo), "qkvo")
+    register_subset(lora, "qkvo", "all", ("qkv_proj", "o_proj"))
     for strategy, name in [(s, n) for s in ("triton", "torch") for n in ("qkvo", "all")]:
         lora.merger.merge_layers = (
             triton_merge_layers if strategy == "triton" else torch_merge_layers

@@ -6,20 +6,23 @@ and (torch profiler, last round) where the GPU time went, by kernel.
         --adapters lora0 lora0 lora1 lora2 --modes mixture merged unmerged --rounds 2 \\
         --out profile.json
 
-The engine is built from the server's flags (and warmed up like the server; without
-``--no-prefix-caching`` later rounds hit the prefix cache and skip their prefills). For each of
-``--modes`` (the VaLoRA policy's mode pinned: unmerged | merged | mixture; ``auto``: the policy
-decides) every round sends the same requests at once (``--adapters``: one request each, ``base``
-for none) and steps the engine until they finish; the profiler records the last round, so the
-earlier ones absorb first-use costs.
+For each of ``--modes`` an engine is built from the server's flags (adapters loaded and warmed up
+like the server's) with the VaLoRA policy's mode pinned through its options (``policy_options``
+``force_mode``: unmerged | merged | mixture; ``auto``: none, the policy decides); the ``--task``s
+are profiled in turn on it. Every round sends the same requests at once (``--adapters``: one
+request each, ``base`` for none) and steps the engine until they finish; without
+``--no-prefix-caching`` later rounds hit the prefix cache and skip their prefills. The profiler
+records the last round, so the earlier ones absorb first-use costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import shlex
 import sys
+from dataclasses import replace
 
 import numpy as np
 from harness import DEFAULT_DATASET, provenance
@@ -33,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine_args", required=True, help="the server's flags")
     p.add_argument("--task", nargs="+", default=["vqa"], choices=["vqa", "vat"],
-                   help="profiled in turn on one engine")  # fmt: skip
+                   help="profiled in turn on each mode's engine")  # fmt: skip
     p.add_argument("--adapters", nargs="+", default=["lora0", "lora0", "lora1", "base"])
     p.add_argument("--modes", nargs="+", default=["auto"],
                    choices=["auto", "unmerged", "merged", "mixture"])  # fmt: skip
@@ -54,14 +57,16 @@ def run_round(engine, prompts: list, adapters: list, tokens: int, tag: str) -> l
     for i, (prompt, adapter) in enumerate(zip(prompts, adapters)):
         engine.add_request(f"{tag}-{i}", prompt, params, adapter)
     steps = []
+    before = engine.snapshot().steps  # per-mode step totals
     while engine.has_unfinished():
-        before = sum(engine.stats.step_seconds.values())
-        executed = sum(engine.stats.steps.values())
         engine.step()
-        if sum(engine.stats.steps.values()) == executed:
+        after = engine.snapshot().steps
+        executed = sum(after["steps"].values()) - sum(before["steps"].values())
+        seconds = sum(after["step_seconds"].values()) - sum(before["step_seconds"].values())
+        before = after
+        if not executed:
             continue  # nothing was scheduled: no forward ran
-        seconds = sum(engine.stats.step_seconds.values()) - before  # the forward only
-        record = engine.runner.step_record(seconds)
+        record = engine.runner.step_record(seconds)  # seconds: the forward only
         steps.append({"mode": record.mode, "tokens": record.num_tokens,
                       "lora_rows": record.num_lora_rows, "segments": record.num_segments,
                       "ms": 1e3 * seconds})  # fmt: skip
@@ -113,24 +118,59 @@ def profile_mode(engine, prompts: list, adapters: list, args, mode: str) -> dict
     return {"rounds": rounds, "kernels": table}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def pinned_engine(engine_args: str, mode: str):
+    """The server's engine (``build_server``'s steps: adapters loaded, warm-up) with the VaLoRA
+    policy's mode pinned by its ``force_mode`` option (``auto``: not pinned)."""
+    from valora.adapters.peft_loader import dummy_ranks
+    from valora.engine import build_engine
     from valora.server.cli import build_parser as server_parser
-    from valora.server.cli import build_server
+    from valora.server.cli import engine_config_from, lora_modules
 
+    server = server_parser().parse_args(shlex.split(engine_args))
+    config = engine_config_from(server)
+    options = dict(config.scheduler.policy_options)
+    if mode != "auto":
+        options["force_mode"] = mode
+    config = replace(config, scheduler=replace(config.scheduler, policy_options=options))
+    engine = build_engine(config)
+    for name, path in lora_modules(server.lora_modules).items():
+        engine.load_adapter(name, path)
+    for i, rank in enumerate(dummy_ranks(server.num_adapter, server.dummy_ranks)):
+        engine.load_dummy_adapter(f"lora{i}", rank, seed=config.seed + 1 + i)
+    if server.warmup == "on" or (server.warmup == "auto" and engine.config.on_gpu):
+        from valora.engine.warmup import warmup
+
+        warmup(engine)
+    return engine
+
+
+def free_gpu_memory() -> None:
+    """Collect a dropped engine (reference cycles hold it) and return its cached blocks, so the
+    next engine's KV cache sizing sees the whole GPU."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def main(argv: list[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
-    _, engine, _ = build_server(server_parser().parse_args(shlex.split(args.engine_args)))
     adapters = [None if a == "base" else a for a in args.adapters]
     run = provenance(sys.argv if argv is None else [__file__, *argv])
-    result = {"args": vars(args), **run, "tasks": {}}
-    for task in args.task:
-        specs = build_workload(np.zeros(len(adapters)), np.arange(len(adapters)), task,
-                               load_sharegpt4v(args.dataset), seed=0,
-                               max_output_tokens=args.max_output_tokens)  # fmt: skip
-        prompts = [engine_prompt(engine.tokenizer, spec) for spec in specs]
-        modes = result["tasks"].setdefault(task, {})
-        for mode in args.modes:
-            engine.policy.force_mode = None if mode == "auto" else mode
-            modes[mode] = profile_mode(engine, prompts, adapters, args, f"{task}-{mode}")
+    result = {"args": vars(args), **run, "tasks": {task: {} for task in args.task}}
+    specs = {task: build_workload(np.zeros(len(adapters)), np.arange(len(adapters)), task,
+                                  load_sharegpt4v(args.dataset), seed=0,
+                                  max_output_tokens=args.max_output_tokens)
+             for task in args.task}  # fmt: skip
+    for mode in args.modes:  # one engine per mode: the mode is part of its configuration
+        engine = pinned_engine(args.engine_args, mode)
+        for task in args.task:
+            prompts = [engine_prompt(engine.tokenizer, spec) for spec in specs[task]]
+            result["tasks"][task][mode] = profile_mode(engine, prompts, adapters, args,
+                                                       f"{task}-{mode}")  # fmt: skip
+        del engine
+        free_gpu_memory()
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hf_reference import hf_greedy, make_hf_model, save_checkpoint
 from prompts import CONVERSATIONS, conversation_images
+from quant_lora import partial_adapter, quantized_manager, write_peft
 
 from valora.llm import LLM
 from valora.quant.convert import PIECES_OF, lm_linears
@@ -54,6 +55,7 @@ def test_lora_on_a_quantized_base_runs_unmerged():
     assert isinstance(llm.engine.model.model.layers[0].mlp.down_proj.base, QuantLinear)
 
 
+PARTIAL = [("qkv_only", "qkv_proj", 11), ("down_only", "down_proj", 12)]  # name, target, seed
 QUANT_LORA = dict(device="cpu", quantization="w4a16", num_dummy_adapters=2, lora_backend="torch")
 PROMPTS, ADAPTERS = ["a", "b", "c", "d"], ["lora0", "lora0", "lora0", "lora1"]
 
@@ -71,18 +73,22 @@ def test_merged_modes_on_a_quantized_base_use_overlays_and_match_unmerged(mode):
     qkv = llm.engine.model.model.layers[0].self_attn.qkv_proj.base
     packed = qkv.quantized.qweight.clone()
     outs = llm.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
-    assert llm.engine.lora.num_switches > 0 and llm.engine.lora.merger.has_overlays
+    snap = llm.engine.snapshot()
+    assert snap.merge_overlays and snap.is_idle
     assert tokens(outs) == tokens(plain)
-    stats = llm.engine.stats  # the step totals the metrics endpoint exports
-    assert stats.switches == llm.engine.lora.num_switches and stats.switch_seconds > 0
-    assert stats.steps[mode] > 0 and stats.step_seconds[mode] > 0
-    assert sum(stats.step_tokens.values()) >= sum(len(t) - 1 for t in tokens(outs)) + 4
+    stats = snap.steps  # the step totals the metrics endpoint exports
+    assert stats["switches"] > 0 and stats["switch_seconds"] > 0
+    assert stats["steps"][mode] > 0 and stats["step_seconds"][mode] > 0
+    assert sum(stats["step_tokens"].values()) >= sum(len(t) - 1 for t in tokens(outs)) + 4
     assert torch.equal(qkv.quantized.qweight, packed)
-    if llm.engine.lora.merged is not None:  # the overlay holds W + delta while merged
+    if snap.merged_adapter is not None:  # the overlay holds W + delta while merged
         assert qkv.merged_weight is not None
         assert not torch.allclose(qkv.merged_weight, qkv.weight)
-    llm.engine.lora.switch(None)
-    assert qkv.merged_weight is None
+    llm.engine.switch_merged(None)
+    after = llm.engine.snapshot()
+    assert after.merged_adapter is None and qkv.merged_weight is None
+    # the unmerge is a switch of its own, counted (none when nothing was merged)
+    assert after.steps["switches"] == stats["switches"] + (snap.merged_adapter is not None)
 
 
 def test_quant_merge_off_runs_unmerged_and_stays_exact():
@@ -91,7 +97,11 @@ def test_quant_merge_off_runs_unmerged_and_stays_exact():
     llm = LLM("tiny", scheduler="valora", policy_options={"force_mode": "mixture"},
               quant_merge="off", **QUANT_LORA)  # fmt: skip
     outs = llm.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
-    assert llm.engine.lora.merger is None and llm.engine.lora.num_switches == 0
+    snap = llm.engine.snapshot()
+    assert not snap.merge_overlays and snap.merged_adapter is None  # no merger built
+    steps = snap.steps
+    assert steps["switches"] == 0 and steps["steps"]["unmerged"] > 0
+    assert steps["steps"]["merged"] == steps["steps"]["mixture"] == 0
     assert tokens(outs) == tokens(plain)
 
 
@@ -102,58 +112,57 @@ def test_quant_merge_setting_is_checked():
 
 def test_overlay_merge_switch_rewrites_only_from_the_quantized_weight():
     """Switching m -> m' -> m re-dequantizes before merging: the overlay after the round trip
-    equals the one merged first (no delta left over from m')."""
-    llm = LLM("tiny", scheduler="valora", **QUANT_LORA)
-    lora = llm.engine.lora
-    for name in ("lora0", "lora1"):
-        llm.generate(["x"], GREEDY, lora=[name], use_tqdm=False)  # loads it into the pool
+    equals the one merged first (no delta left over from m'). A unit of the adapter package:
+    the manager on the W4A16 model, switched directly."""
+    _, lora = quantized_manager("w4a16")
+    lora.add_dummy("lora0", 8, seed=1)
+    lora.add_dummy("lora1", 16, seed=2)
     keys = [lora.resolve(name) for name in ("lora0", "lora1")]
     lora.switch(keys[0])
-    first = {m: w.clone() for m, w in lora.merger.live.items() if m[0] == "qkv"}
+    first = {m: w.clone() for m, w in lora.merger.live.items() if m[0] == "qkv_proj"}
+    assert first  # the qkv overlays exist
     lora.switch(keys[1])
+    assert all(not torch.equal(first[m], lora.merger.live[m]) for m in first)  # m' rewrote
     lora.switch(keys[0])
     assert all(torch.equal(first[m], lora.merger.live[m]) for m in first)
     lora.switch(None)
-
-
-def register_partial(llm, name: str, targets: set[str], seed: int) -> None:
-    """A dummy adapter trained on ``targets`` only (as a PEFT q/v adapter leaves o, gate_up,
-    down alone)."""
-    from valora.adapters.peft_loader import dummy_adapter
-
-    lora = llm.engine.lora
-    cfg, dtype, towers = lora.model_config, lora.dtype, lora.config.towers
-
-    def source():
-        adapter = dummy_adapter(name, cfg, 8, seed, dtype, towers)
-        adapter.modules = {k: m for k, m in adapter.modules.items() if k[0] in targets}
-        assert adapter.modules  # the targets exist
-        return adapter
-
-    lora.registry.register(name, source, "partial dummy")
+    assert lora.merged is None and lora.num_switches == 4
 
 
 @pytest.mark.parametrize("mode", ["merged", "mixture"])
-def test_partial_adapters_merge_into_overlays_and_match_unmerged(mode):
-    """Adapters that train some targets only: while one is merged every quantized layer runs on
-    its overlay, the untrained ones holding exactly their dequantized weight; a switch leaves no
-    delta of the previous adapter behind; tokens equal the always-unmerged engine's."""
+def test_partial_adapters_match_unmerged_in_merged_modes(tmp_path, mode):
+    """Adapters that train some targets only (PEFT directories loaded through the API): under
+    a merged mode their tokens equal the always-unmerged engine's."""
     llms = [
         LLM("tiny", **QUANT_LORA),
         LLM("tiny", scheduler="valora", policy_options={"force_mode": mode}, **QUANT_LORA),
     ]
-    for llm in llms:
-        register_partial(llm, "qkv_only", {"qkv_proj"}, seed=11)
-        register_partial(llm, "down_only", {"down_proj"}, seed=12)
+    cfg = llms[0].engine.model_config
+    for name, target, seed in PARTIAL:
+        path = write_peft(partial_adapter(name, cfg, {target}, seed), cfg, tmp_path / name)
+        for llm in llms:
+            llm.load_lora(name, path)
     adapters = ["qkv_only", "qkv_only", "down_only", None]
     want, got = (llm.generate(PROMPTS, GREEDY, lora=adapters, use_tqdm=False) for llm in llms)
     assert tokens(got) == tokens(want)
-    lora = llms[1].engine.lora
-    assert lora.num_switches > 0
-    layer = llms[1].engine.model.model.layers[0]
+    snap = llms[1].engine.snapshot()
+    assert snap.steps["switches"] > 0 and snap.steps["steps"][mode] > 0
+
+
+def test_partial_adapters_merge_into_overlays_without_leftovers():
+    """While a partial adapter is merged every quantized layer runs on its overlay, the
+    untrained ones holding exactly their dequantized weight; a switch leaves no delta of the
+    previous adapter behind (qkv -> down -> qkv); unmerging turns every overlay off. A unit of
+    the adapter package: the manager on the W4A16 model."""
+    model, lora = quantized_manager("w4a16")
+    for name, target, seed in PARTIAL:
+        adapter = partial_adapter(name, lora.model_config, {target}, seed)
+        lora.registry.register(name, lambda a=adapter: a, "partial dummy")
+    layer = model.model.layers[0]
     qkv, down = layer.self_attn.qkv_proj.base, layer.mlp.down_proj.base
-    for name, merged, untouched, target in (("qkv_only", qkv, down, "qkv_proj"),
-                                            ("down_only", down, qkv, "down_proj")):  # fmt: skip
+    sites = {"qkv_proj": (qkv, down), "down_proj": (down, qkv)}  # (merged, untouched)
+    for name, target, _ in (*PARTIAL, PARTIAL[0]):
+        merged, untouched = sites[target]
         key = lora.resolve(name)
         lora.switch(key)
         module = lora.registry.weights(key).modules[(target, 0)]
@@ -184,5 +193,5 @@ def test_gpu_overlay_merges_replay_their_own_decode_graphs(mode):
     eager = LLM("tiny", enforce_eager=True, **kwargs)
     want = eager.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
     got = graphs.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
-    assert graphs.engine.lora.num_switches > 0
+    assert graphs.engine.snapshot().steps["switches"] > 0
     assert tokens(got) == tokens(want)
