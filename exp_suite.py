@@ -27,37 +27,60 @@ FIG14_RATES = (2, 4, 6, 10, 16)
 
 
 def _run(name: str, server: dict, client: dict) -> MappingProxyType:
-    return MappingProxyType({"name": name, "server": MappingProxyType(server),
-                             "client": MappingProxyType(client)})  # fmt: skip
+    return MappingProxyType(
+        {"name": name, "server": MappingProxyType(server), "client": MappingProxyType(client)}
+    )
 
 
 def _fig14() -> list:
-    return [_run(f"{policy}_{task}_{rate}", {"policy": policy, "num-adapter": 16},
-                 {"task": task, "req_rate": rate, "skewness": 0.8, "num_adapters": 16})
-            for policy in POLICIES for task in ("vqa", "vat") for rate in FIG14_RATES]  # fmt: skip
+    return [
+        _run(
+            f"{policy}_{task}_{rate}",
+            {"policy": policy, "num-adapter": 16},
+            {"task": task, "req_rate": rate, "skewness": 0.8, "num_adapters": 16},
+        )
+        for policy in POLICIES
+        for task in ("vqa", "vat")
+        for rate in FIG14_RATES
+    ]
 
 
 def _skewness() -> list:
-    return [_run(f"{policy}_skew{skew}", {"policy": policy, "num-adapter": 16},
-                 {"task": "vqa", "req_rate": 6, "skewness": skew, "num_adapters": 16})
-            for policy in POLICIES for skew in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)]  # fmt: skip
+    return [
+        _run(
+            f"{policy}_skew{skew}",
+            {"policy": policy, "num-adapter": 16},
+            {"task": "vqa", "req_rate": 6, "skewness": skew, "num_adapters": 16},
+        )
+        for policy in POLICIES
+        for skew in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    ]
 
 
 def _adapters() -> list:
     """Up to 1,000 adapters (dummy ones are regenerated on demand: the host cache holds 256)."""
-    return [_run(f"{policy}_n{n}", {"policy": policy, "num-adapter": n, "max-cpu-loras": 256,
-                                    "max-loras": 32},
-                 {"task": "vqa", "req_rate": 6, "popularity": "power", "alpha": 0.3,
-                  "num_adapters": n})
-            for policy in POLICIES for n in (1, 16, 64, 256, 1000)]  # fmt: skip
+    return [
+        _run(
+            f"{policy}_n{n}",
+            {"policy": policy, "num-adapter": n, "max-cpu-loras": 256, "max-loras": 32},
+            {"task": "vqa", "req_rate": 6, "popularity": "power", "alpha": 0.3, "num_adapters": n},
+        )
+        for policy in POLICIES
+        for n in (1, 16, 64, 256, 1000)
+    ]
 
 
 def _rank_mix() -> list:
     mixes = {"r8": "8", "r64": "64", "mixed": "8 16 32 64", "r128": "128"}
-    return [_run(f"{policy}_{label}", {"policy": policy, "num-adapter": 16,
-                                       "dummy-ranks": ranks, "max-lora-rank": 128},
-                 {"task": "vqa", "req_rate": 6, "skewness": 0.5, "num_adapters": 16})
-            for policy in POLICIES for label, ranks in mixes.items()]  # fmt: skip
+    return [
+        _run(
+            f"{policy}_{label}",
+            {"policy": policy, "num-adapter": 16, "dummy-ranks": ranks, "max-lora-rank": 128},
+            {"task": "vqa", "req_rate": 6, "skewness": 0.5, "num_adapters": 16},
+        )
+        for policy in POLICIES
+        for label, ranks in mixes.items()
+    ]
 
 
 SUITES: MappingProxyType = MappingProxyType(
@@ -107,9 +130,16 @@ def _wait_ready(proc, port: int, log_path, timeout_s: float = 900.0) -> None:
     raise TimeoutError(f"the server did not answer /health within {timeout_s:.0f} s")
 
 
-def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: list[str],
-              policies: list[str] | None = None, rerun: bool = False,
-              match: str = "", warmup_s: float = 10.0) -> None:  # fmt: skip
+def run_suite(
+    suite: str,
+    out_dir: str,
+    server_args: list[str],
+    client_args: list[str],
+    policies: list[str] | None = None,
+    rerun: bool = False,
+    match: str = "",
+    warmup_s: float = 10.0,
+) -> None:
     """Start a server per configuration, replay ``warmup_s`` seconds of its first run's workload
     unrecorded, replay each of its runs, stop it; skip runs whose result file exists unless
     ``rerun``."""
@@ -120,30 +150,60 @@ def run_suite(suite: str, out_dir: str, server_args: list[str], client_args: lis
 
     root, out = Path(__file__).resolve().parent, Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [r for r in SUITES[suite] if re.search(match, r["name"])
-            and (policies is None or r["server"]["policy"] in policies)]  # fmt: skip
+    runs = [
+        r
+        for r in SUITES[suite]
+        if re.search(match, r["name"]) and (policies is None or r["server"]["policy"] in policies)
+    ]
     for server, group in _server_groups(runs):
         todo = [r for r in group if rerun or not (out / f"{r['name']}.jsonl").exists()]
         if not todo:
             continue
         port = _free_port()
         log = open(out / f"server_{todo[0]['name']}.log", "w")  # noqa: SIM115 (closed below)
-        cmd = [sys.executable, str(root / "benchmarks/launch_server.py"), *server_args,
-               *_flags(server), "--port", str(port)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(root / "benchmarks/launch_server.py"),
+            *server_args,
+            *_flags(server),
+            "--port",
+            str(port),
+        ]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         try:
             _wait_ready(proc, port, out / f"server_{todo[0]['name']}.log")
             if warmup_s > 0:  # a replay nobody records: kernels compiled, caches warm
-                subprocess.run([sys.executable, str(root / "benchmarks/run_exp.py"),
-                                "--server", f"http://127.0.0.1:{port}", *client_args,
-                                *_flags(todo[0]["client"]), "--duration", str(warmup_s),
-                                "--seed", "7"], check=True)  # fmt: skip
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(root / "benchmarks/run_exp.py"),
+                        "--server",
+                        f"http://127.0.0.1:{port}",
+                        *client_args,
+                        *_flags(todo[0]["client"]),
+                        "--duration",
+                        str(warmup_s),
+                        "--seed",
+                        "7",
+                    ],
+                    check=True,
+                )
             for run in todo:
-                subprocess.run([sys.executable, str(root / "benchmarks/run_exp.py"),
-                                "--server", f"http://127.0.0.1:{port}", *client_args,
-                                *_flags(run["client"]), "--label", run["name"],
-                                "--out", str(out / f"{run['name']}.jsonl")],
-                               check=True)  # fmt: skip
+                subprocess.run(
+                    [
+                        sys.executable,
+                        str(root / "benchmarks/run_exp.py"),
+                        "--server",
+                        f"http://127.0.0.1:{port}",
+                        *client_args,
+                        *_flags(run["client"]),
+                        "--label",
+                        run["name"],
+                        "--out",
+                        str(out / f"{run['name']}.jsonl"),
+                    ],
+                    check=True,
+                )
         finally:
             proc.terminate()
             try:
@@ -164,24 +224,39 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("suite", choices=sorted(SUITES))
     p.add_argument("--out-dir", required=True)
-    p.add_argument("--server-args", default="--model-setting tiny --device cpu",
-                   help="flags every server gets (model, quantization, memory)")  # fmt: skip
+    p.add_argument(
+        "--server-args",
+        default="--model-setting tiny --device cpu",
+        help="flags every server gets (model, quantization, memory)",
+    )
     p.add_argument("--client-args", default="--duration 30", help="flags every replay gets")
     p.add_argument("--policies", nargs="+", choices=POLICIES)
     p.add_argument("--rerun", action="store_true", help="replay runs that have results already")
-    p.add_argument("--match", default="",
-                   help="only the runs whose name this regex matches (re.search)")  # fmt: skip
-    p.add_argument("--warmup-s", type=float, default=10.0,
-                   help="unrecorded replay seconds per server before its runs")  # fmt: skip
+    p.add_argument(
+        "--match", default="", help="only the runs whose name this regex matches (re.search)"
+    )
+    p.add_argument(
+        "--warmup-s",
+        type=float,
+        default=10.0,
+        help="unrecorded replay seconds per server before its runs",
+    )
     p.add_argument("--list", action="store_true", help="print the runs and exit")
     args = p.parse_args(argv)
     if args.list:
         for run in SUITES[args.suite]:
             print(run["name"], _flags(run["server"]), _flags(run["client"]))
         return
-    run_suite(args.suite, args.out_dir, shlex.split(args.server_args),
-              shlex.split(args.client_args), args.policies, args.rerun, args.match,
-              args.warmup_s)  # fmt: skip
+    run_suite(
+        args.suite,
+        args.out_dir,
+        shlex.split(args.server_args),
+        shlex.split(args.client_args),
+        args.policies,
+        args.rerun,
+        args.match,
+        args.warmup_s,
+    )
 
 
 if __name__ == "__main__":

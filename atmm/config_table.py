@@ -28,8 +28,9 @@ _GEMV_MAX_SEG_LEN = 4  # default: up to this many rows per segment take the GEMV
 _TARGET_PROGRAMS = 264  # default split-K aims at about 2 programs per SM of an H100
 
 
-def bucket_key(op: str, max_seg_len: int, num_segments: int, dim: int | str, num_slices: int,
-               max_rank: int) -> str:  # fmt: skip
+def bucket_key(
+    op: str, max_seg_len: int, num_segments: int, dim: int | str, num_slices: int, max_rank: int
+) -> str:
     return (
         f"{op}|m{pow2_ceil(max_seg_len)}|s{pow2_ceil(num_segments)}|d{dim}"
         f"|l{num_slices}|r{max_rank}"
@@ -47,8 +48,16 @@ def _table(gpu: str, dtype: torch.dtype) -> dict[str, dict]:
 
 
 @cache
-def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
-               max_rank: int, dtype: torch.dtype, device: torch.device) -> dict:  # fmt: skip
+def get_config(
+    op: str,
+    max_seg_len: int,
+    num_segments: int,
+    dim: int,
+    num_slices: int,
+    max_rank: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict:
     """The tuned config of this bucket on this GPU and dtype, else the default (memoised per
     argument tuple: the per-call cost is one dict lookup). Callers must not mutate the result."""
     key = bucket_key(op, max_seg_len, num_segments, dim, num_slices, max_rank)
@@ -62,9 +71,16 @@ def get_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slice
 
 
 @cache
-def fused_config(max_seg_len: int, num_segments: int, in_features: int, out_features: int,
-                 num_slices: int, max_rank: int, dtype: torch.dtype,
-                 device: torch.device) -> dict | None:  # fmt: skip
+def fused_config(
+    max_seg_len: int,
+    num_segments: int,
+    in_features: int,
+    out_features: int,
+    num_slices: int,
+    max_rank: int,
+    dtype: torch.dtype,
+    device: torch.device,
+) -> dict | None:
     """The fused kernel's config where the tuning found it faster than shrink + expand for this
     bucket on this GPU and dtype; None elsewhere (no default: fused only where it wins)."""
     dim = f"{in_features}x{out_features}"
@@ -73,14 +89,25 @@ def fused_config(max_seg_len: int, num_segments: int, in_features: int, out_feat
     return config if config is not None and config["path"] == "fused" else None
 
 
-def default_config(op: str, max_seg_len: int, num_segments: int, dim: int, num_slices: int,
-                   max_rank: int, device: torch.device) -> dict:  # fmt: skip
+def default_config(
+    op: str,
+    max_seg_len: int,
+    num_segments: int,
+    dim: int,
+    num_slices: int,
+    max_rank: int,
+    device: torch.device,
+) -> dict:
     """Safe everywhere (power-of-two blocks >= 16); on a GPU, shaped after what the H100 tuning
     picks most: split-K to fill the SMs for short segments, wide N tiles for the expand."""
     if device.type != "cuda":  # the interpreter: small blocks, no split
         block_r = max(16, min(64, pow2_ceil(max_rank)))
-        base = {"path": "gemv" if max_seg_len <= _GEMV_MAX_SEG_LEN else "tile", "BLOCK_M": 16,
-                "num_warps": 4, "num_stages": 1}  # fmt: skip
+        base = {
+            "path": "gemv" if max_seg_len <= _GEMV_MAX_SEG_LEN else "tile",
+            "BLOCK_M": 16,
+            "num_warps": 4,
+            "num_stages": 1,
+        }
         if op == "shrink":
             return base | {"BLOCK_K": 32, "BLOCK_R": block_r, "SPLIT_K": 1}
         return base | {"BLOCK_K": 16, "BLOCK_N": 32}

@@ -34,11 +34,25 @@ from kernel_tables.timing import gpu_time
 # linears (the second ends at the language model's hidden size).
 _VISION = [(1280, [3840]), (1280, [1280]), (1280, [5120]), (5120, [1280]), (5120, [5120])]
 MODEL_TARGETS = {
-    "qwen2-vl-7b": [(3584, [3584, 512, 512]), (3584, [3584]), (3584, [18944, 18944]),
-                    (18944, [3584]), (3584, [512]), (3584, [18944]), *_VISION, (5120, [3584])],
-    "qwen2-vl-2b": [(1536, [1536, 256, 256]), (1536, [1536]), (1536, [8960, 8960]),
-                    (8960, [1536]), *_VISION, (5120, [1536])],
-}  # fmt: skip
+    "qwen2-vl-7b": [
+        (3584, [3584, 512, 512]),
+        (3584, [3584]),
+        (3584, [18944, 18944]),
+        (18944, [3584]),
+        (3584, [512]),
+        (3584, [18944]),
+        *_VISION,
+        (5120, [3584]),
+    ],
+    "qwen2-vl-2b": [
+        (1536, [1536, 256, 256]),
+        (1536, [1536]),
+        (1536, [8960, 8960]),
+        (8960, [1536]),
+        *_VISION,
+        (5120, [1536]),
+    ],
+}
 # (max_seg_len, num_segments): decode-like many short segments, prefill-like few long ones
 BUCKETS = [(m, s) for m in (1, 2, 4, 8) for s in (1, 2, 4, 8, 16, 32, 64, 128, 256)] + [
     (m, s)
@@ -53,16 +67,42 @@ def shrink_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
     out = []
     if max_seg_len <= 8:
         for block_k, split_k in itertools.product((64, 128, 256), (1, 2, 4, 8, 16, 32)):
-            out.append({"path": "gemv", "BLOCK_K": block_k, "BLOCK_R": rank_blocks[0],
-                        "SPLIT_K": split_k, "num_warps": 4, "num_stages": 2})  # fmt: skip
+            out.append(
+                {
+                    "path": "gemv",
+                    "BLOCK_K": block_k,
+                    "BLOCK_R": rank_blocks[0],
+                    "SPLIT_K": split_k,
+                    "num_warps": 4,
+                    "num_stages": 2,
+                }
+            )
         for bk, sk in itertools.product((64, 128), (1, 4, 16)):
-            out.append({"path": "tile", "BLOCK_M": 16, "BLOCK_K": bk, "BLOCK_R": rank_blocks[0],
-                        "SPLIT_K": sk, "num_warps": 4, "num_stages": 3})  # fmt: skip
+            out.append(
+                {
+                    "path": "tile",
+                    "BLOCK_M": 16,
+                    "BLOCK_K": bk,
+                    "BLOCK_R": rank_blocks[0],
+                    "SPLIT_K": sk,
+                    "num_warps": 4,
+                    "num_stages": 3,
+                }
+            )
         return out
     block_ms = [bm for bm in (16, 32, 64, 128) if bm <= max(16, max_seg_len)][-3:]
     for bm, bk, br, sk in itertools.product(block_ms, (64, 128), rank_blocks, (1, 2, 4)):
-        out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_R": br, "SPLIT_K": sk,
-                    "num_warps": 4, "num_stages": 3})  # fmt: skip
+        out.append(
+            {
+                "path": "tile",
+                "BLOCK_M": bm,
+                "BLOCK_K": bk,
+                "BLOCK_R": br,
+                "SPLIT_K": sk,
+                "num_warps": 4,
+                "num_stages": 3,
+            }
+        )
     return out
 
 
@@ -70,29 +110,54 @@ def expand_candidates(max_seg_len: int, max_rank: int) -> list[dict]:
     out = []
     if max_seg_len <= 8:
         for bn, bk in itertools.product((64, 128, 256), (16, 32, 64)):
-            out.append({"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4,
-                        "num_stages": 2})  # fmt: skip
+            out.append(
+                {"path": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 4, "num_stages": 2}
+            )
         for bn, bk in itertools.product((64, 128, 256), (16, 64)):
-            out.append({"path": "tile", "BLOCK_M": 16, "BLOCK_N": bn, "BLOCK_K": bk,
-                        "num_warps": 4, "num_stages": 2})  # fmt: skip
+            out.append(
+                {
+                    "path": "tile",
+                    "BLOCK_M": 16,
+                    "BLOCK_N": bn,
+                    "BLOCK_K": bk,
+                    "num_warps": 4,
+                    "num_stages": 2,
+                }
+            )
         return out
     # large M tiles cut the re-reads of B (one per M tile), large N tiles those of v
     block_ms = [bm for bm in (16, 32, 64, 128, 256) if bm <= max(16, max_seg_len)][-3:]
     for bm, bn, bk, n_tiles, warps in itertools.product(
         block_ms, (64, 128, 256), (16, 32), (1, 4), (4, 8)
     ):
-        out.append({"path": "tile", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk,
-                    "N_TILES": n_tiles, "num_warps": warps, "num_stages": 2})  # fmt: skip
+        out.append(
+            {
+                "path": "tile",
+                "BLOCK_M": bm,
+                "BLOCK_N": bn,
+                "BLOCK_K": bk,
+                "N_TILES": n_tiles,
+                "num_warps": warps,
+                "num_stages": 2,
+            }
+        )
     return out
 
 
 def fused_candidates(max_seg_len: int) -> list[dict]:
     block_ms = [bm for bm in (16, 32, 64) if bm <= max(16, max_seg_len)][-2:]
     return [
-        {"path": "fused", "BLOCK_M": bm, "BLOCK_K": bk, "BLOCK_N": bn, "N_TILES": nt,
-         "num_warps": 4 if bm < 64 else 8, "num_stages": 2}
+        {
+            "path": "fused",
+            "BLOCK_M": bm,
+            "BLOCK_K": bk,
+            "BLOCK_N": bn,
+            "N_TILES": nt,
+            "num_warps": 4 if bm < 64 else 8,
+            "num_stages": 2,
+        }
         for bm, bk, bn, nt in itertools.product(block_ms, (64, 128), (64, 128), (1, 4, 16))
-    ]  # fmt: skip
+    ]
 
 
 _REPS = 10  # timed replays per candidate (median)
@@ -116,8 +181,10 @@ def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tu
         run = lambda c: launch_fused(x, w, y, segs, c)  # noqa: E731
     else:
         candidates = expand_candidates(max_seg_len, max_rank)
-        run = lambda c: launch_expand(v, w.b, y, segs, w.ranks, w.scalings,  # noqa: E731
-                                      w.slice_offsets, c)  # fmt: skip
+
+        def run(c):
+            return launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets, c)
+
     best, best_ms = None, float("inf")
     for config in candidates:
         try:
@@ -173,8 +240,10 @@ def main() -> None:
 
 def _fused_or_separate(table, config, ms, k, slices, max_rank, m, s) -> dict:
     """Keep the fused kernel for this bucket only if it beats the tuned shrink + expand."""
-    pair = [table.get(bucket_key(op, m, s, dim, len(slices), max_rank))
-            for op, dim in (("shrink", k), ("expand", sum(slices)))]  # fmt: skip
+    pair = [
+        table.get(bucket_key(op, m, s, dim, len(slices), max_rank))
+        for op, dim in (("shrink", k), ("expand", sum(slices)))
+    ]
     if any(p is None for p in pair):
         return {"path": "separate", "note": "shrink/expand not tuned yet"}
     separate_us = pair[0]["us"] + pair[1]["us"]

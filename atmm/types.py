@@ -136,8 +136,9 @@ def check_weights(w: LoRAWeights) -> None:
         raise ValueError(f"a has max_rank {w.a.shape[2]}, b has {w.b.shape[1]}")
     offsets = w.slice_offsets
     if len(offsets) != w.num_slices + 1 or offsets[0] != 0 or offsets[-1] != w.out_features:
-        raise ValueError(f"slice_offsets {offsets} do not split N={w.out_features} in "
-                         f"{w.num_slices} slices")  # fmt: skip
+        raise ValueError(
+            f"slice_offsets {offsets} do not split N={w.out_features} in {w.num_slices} slices"
+        )
     if any(b <= a for a, b in zip(offsets, offsets[1:])):
         raise ValueError(f"slice_offsets {offsets} must increase")
     if w.ranks.shape != (w.num_slots,) or w.scalings.shape != (w.num_slots,):

@@ -59,16 +59,25 @@ def main() -> None:
     parser.add_argument("--output-len", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results/engine.json")
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    parser.add_argument("--profile-batch", type=int, default=32,
-                        help="batch whose decode steps are profiled (0: none)")  # fmt: skip
+    parser.add_argument(
+        "--profile-batch",
+        type=int,
+        default=32,
+        help="batch whose decode steps are profiled (0: none)",
+    )
     args = parser.parse_args()
 
     max_tokens = max(args.batch_sizes) * (args.prompt_len + args.output_len)
     llm, startup_s = wall_time(
-        lambda: LLM(args.model_setting, device="cuda", dtype="bfloat16",
-                    num_token=max_tokens + 4096, max_num_seqs=max(args.batch_sizes),
-                    enforce_eager=args.enforce_eager)
-    )  # fmt: skip
+        lambda: LLM(
+            args.model_setting,
+            device="cuda",
+            dtype="bfloat16",
+            num_token=max_tokens + 4096,
+            max_num_seqs=max(args.batch_sizes),
+            enforce_eager=args.enforce_eager,
+        )
+    )
     cfg = llm.engine.model_config
     bandwidth = copy_bandwidth()
     weight_bytes = decode_weight_bytes(llm)
@@ -79,8 +88,12 @@ def main() -> None:
         mean_context = args.prompt_len + args.output_len / 2
         step_bytes = weight_bytes + batch * mean_context * kv_per_token
         floor_tok_s = batch / (step_bytes / bandwidth)
-        row = {"batch": batch, **result, "floor_tok_s": floor_tok_s,
-               "decode_fraction_of_floor": result["decode_tok_s"] / floor_tok_s}  # fmt: skip
+        row = {
+            "batch": batch,
+            **result,
+            "floor_tok_s": floor_tok_s,
+            "decode_fraction_of_floor": result["decode_tok_s"] / floor_tok_s,
+        }
         if batch in args.hf_batch_sizes:
             row["hf_generate_tok_s"] = hf_generate(
                 llm, args.model_setting, batch, args.prompt_len, args.output_len

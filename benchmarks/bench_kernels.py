@@ -50,8 +50,9 @@ def main() -> None:
         for target, n in TARGETS.items():
             for phase, sizes in (("decode", DECODE_TOKENS), ("prefill", PREFILL_TOKENS)):
                 for num_tokens in sizes:
-                    for row in _measure(backends, target, n, phase, num_tokens, dtype, args.reps,
-                                        bandwidth, peak):  # fmt: skip
+                    for row in _measure(
+                        backends, target, n, phase, num_tokens, dtype, args.reps, bandwidth, peak
+                    ):
                         print(json.dumps(row), flush=True)
                         f.write(json.dumps(row) + "\n")
 
@@ -64,10 +65,19 @@ def _measure(backends, target, n, phase, num_tokens, dtype, reps, bandwidth, pea
         call = lambda: backend.add_lora(y, x, prepared, segs)  # noqa: B023, E731
         graph = getattr(backend, "graph_safe", False)  # else it syncs with the host
         seconds = gpu_time(call, reps=reps, cuda_graph=graph)
-        yield {"target": target, "N": n, "K": K, "phase": phase, "tokens": num_tokens,
-               "num_adapters": len(ranks), "backend": name, "ms": seconds * 1e3,
-               "timing": "cuda_graph" if graph else "eager", "floor_ms": floor * 1e3,
-               "x_floor": seconds / floor}  # fmt: skip
+        yield {
+            "target": target,
+            "N": n,
+            "K": K,
+            "phase": phase,
+            "tokens": num_tokens,
+            "num_adapters": len(ranks),
+            "backend": name,
+            "ms": seconds * 1e3,
+            "timing": "cuda_graph" if graph else "eager",
+            "floor_ms": floor * 1e3,
+            "x_floor": seconds / floor,
+        }
 
 
 def _header(args, bandwidth: float, peak: float) -> dict:

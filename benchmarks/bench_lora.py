@@ -34,8 +34,14 @@ LM_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 def engine(args, **lora) -> LLM:
     tokens = args.batch * (args.prompt_len + args.output_len) + 4096
-    return LLM(args.model_setting, device="cuda", dtype="bfloat16", num_token=tokens,
-               max_num_seqs=args.batch, **lora)  # fmt: skip
+    return LLM(
+        args.model_setting,
+        device="cuda",
+        dtype="bfloat16",
+        num_token=tokens,
+        max_num_seqs=args.batch,
+        **lora,
+    )
 
 
 def free(*objects) -> None:
@@ -54,8 +60,9 @@ def hf_peft_generate(llm: LLM, args) -> float:
         model.add_adapter(f"a{i}", config)
     model = model.to(torch.bfloat16).eval()
     names = [f"a{i % args.hf_adapters}" for i in range(args.batch)]
-    rate = time_hf_generate(model, args.batch, args.prompt_len, args.hf_output_len,
-                            adapter_names=names)  # fmt: skip
+    rate = time_hf_generate(
+        model, args.batch, args.prompt_len, args.hf_output_len, adapter_names=names
+    )
     free(model, hf)
     return rate
 
@@ -80,10 +87,13 @@ def merge_times(lora: LoRAManager, rank: int, repeats: int) -> dict:
         for _ in range(repeats):
             merge.append(lora.switch(key))
             unmerge.append(lora.switch(None))
-        out[name] = {"merge_ms": 1e3 * statistics.median(merge),
-                     "unmerge_ms": 1e3 * statistics.median(unmerge),
-                     "bytes_written": sum(lora.merger.live[m].nbytes
-                                          for m in lora.registry.weights(key).modules)}  # fmt: skip
+        out[name] = {
+            "merge_ms": 1e3 * statistics.median(merge),
+            "unmerge_ms": 1e3 * statistics.median(unmerge),
+            "bytes_written": sum(
+                lora.merger.live[m].nbytes for m in lora.registry.weights(key).modules
+            ),
+        }
     return out
 
 
@@ -106,8 +116,14 @@ def main() -> None:
     base = engine(args)
     # max_lora_rank 16: the deployment's rank bound (vLLM's --max-lora-rank), so the kernels'
     # rank tiles and tuned buckets match the adapters served
-    lora = engine(args, num_dummy_adapters=args.batch, dummy_ranks=(16,),
-                  lora_towers=("language",), max_loras=args.batch, max_lora_rank=16)  # fmt: skip
+    lora = engine(
+        args,
+        num_dummy_adapters=args.batch,
+        dummy_ranks=(16,),
+        lora_towers=("language",),
+        max_loras=args.batch,
+        max_lora_rank=16,
+    )
     names = [f"lora{i}" for i in range(args.batch)]
     runs = {"base": [], "lora": []}
     for _ in range(args.rounds):
@@ -115,8 +131,7 @@ def main() -> None:
         runs["lora"].append(run_engine(lora, args.batch, args.prompt_len, args.output_len, names))
         print(json.dumps(runs["base"][-1]), json.dumps(runs["lora"][-1]), flush=True)
     for name in runs:
-        record[name] = {key: statistics.median(r[key] for r in runs[name])
-                        for key in runs[name][0]}  # fmt: skip
+        record[name] = {key: statistics.median(r[key] for r in runs[name]) for key in runs[name][0]}
         record[f"{name}_runs"] = runs[name]
     record["lora_overhead"] = 1 - record["lora"]["decode_tok_s"] / record["base"]["decode_tok_s"]
     print("overhead", record["lora_overhead"], flush=True)

@@ -46,32 +46,52 @@ def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
         wq = quantize_rtn(w16.float(), bits, 128, sym=False).to("cuda")
         copies = _copies(wq)
         w16s = [w16.clone() for _ in range(copies)]
-        wqs = [QuantizedWeight(*(t.clone() for t in (wq.qweight, wq.scales, wq.zeros)), None,
-                               bits, 128) for _ in range(copies)]  # fmt: skip
+        wqs = [
+            QuantizedWeight(
+                *(t.clone() for t in (wq.qweight, wq.scales, wq.zeros)), None, bits, 128
+            )
+            for _ in range(copies)
+        ]
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
             calls = {  # each captured and timed before the next iteration rebinds x
                 "bf16_cublas": lambda: [x @ w.t() for w in w16s],  # noqa: B023
                 "quant": lambda: [quant_matmul(x, w) for w in wqs],  # noqa: B023 (tuned)
-                "dequant_cublas": lambda: [x @ dequantize_kn(w, torch.bfloat16)  # noqa: B023
-                                           for w in wqs],  # noqa: B023
-            }  # fmt: skip
+                "dequant_cublas": lambda: [
+                    x @ dequantize_kn(w, torch.bfloat16)  # noqa: B023
+                    for w in wqs  # noqa: B023
+                ],
+            }
             times = {key: gpu_time(call, reps=20) / copies for key, call in calls.items()}
             flops = 2 * m * n * k
             qbytes = n * k * bits / 8 + wq.scales.numel() * 2 + wq.zeros.numel() * 4
             io = 2 * m * (k + n)
-            floors = {"bf16": max((2 * n * k + io) / bandwidth, flops / peak),
-                      "quant": max((qbytes + io) / bandwidth, flops / peak)}  # fmt: skip
+            floors = {
+                "bf16": max((2 * n * k + io) / bandwidth, flops / peak),
+                "quant": max((qbytes + io) / bandwidth, flops / peak),
+            }
             best = times["quant"]
             config = get_config(m, n, k, bits, x.dtype, x.device)
-            row = {"shape": name, "N": n, "K": k, "M": m, "bits": bits, "config": config,
-                   "weight_copies": copies,
-                   **{f"{key}_us": v * 1e6 for key, v in times.items()},
-                   "bf16_floor_us": floors["bf16"] * 1e6, "quant_floor_us": floors["quant"] * 1e6,
-                   "speedup_vs_bf16": times["bf16_cublas"] / best,
-                   "quant_x_floor": best / floors["quant"]}  # fmt: skip
-            print(json.dumps({key: round(v, 2) if isinstance(v, float) else v
-                              for key, v in row.items()}), flush=True)  # fmt: skip
+            row = {
+                "shape": name,
+                "N": n,
+                "K": k,
+                "M": m,
+                "bits": bits,
+                "config": config,
+                "weight_copies": copies,
+                **{f"{key}_us": v * 1e6 for key, v in times.items()},
+                "bf16_floor_us": floors["bf16"] * 1e6,
+                "quant_floor_us": floors["quant"] * 1e6,
+                "speedup_vs_bf16": times["bf16_cublas"] / best,
+                "quant_x_floor": best / floors["quant"],
+            }
+            print(
+                json.dumps(
+                    {key: round(v, 2) if isinstance(v, float) else v for key, v in row.items()}
+                ),
+                flush=True,
+            )
             rows.append(row)
         torch.cuda.empty_cache()
     return rows
@@ -80,8 +100,14 @@ def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
 def decode_rows(setting: str) -> list[dict]:
     rows = []
     for quantization in ("none", "w4a16"):
-        llm = LLM(setting, device="cuda", dtype="bfloat16", num_token=32 * 400 + 4096,
-                  max_num_seqs=32, quantization=quantization)  # fmt: skip
+        llm = LLM(
+            setting,
+            device="cuda",
+            dtype="bfloat16",
+            num_token=32 * 400 + 4096,
+            max_num_seqs=32,
+            quantization=quantization,
+        )
         for batch in (1, 32):
             result = run_engine(llm, batch, 256, 128)
             rows.append({"quantization": quantization, "batch": batch, **result})
@@ -99,8 +125,12 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/quant.json")
     args = parser.parse_args()
     bandwidth, peak = copy_bandwidth(), matmul_peak(torch.bfloat16)
-    record = {"benchmark": "quant_gemm", **provenance(), "copy_bandwidth_GBps": bandwidth / 1e9,
-              "bf16_peak_TFLOPs": peak / 1e12}  # fmt: skip
+    record = {
+        "benchmark": "quant_gemm",
+        **provenance(),
+        "copy_bandwidth_GBps": bandwidth / 1e9,
+        "bf16_peak_TFLOPs": peak / 1e12,
+    }
     table = table_path(record["gpu"], torch.bfloat16)
     record["tuned_table"] = str(table.relative_to(table.parents[2])) if table.exists() else None
     record["gemm"] = [row for bits in args.bits for row in gemm_rows(bits, bandwidth, peak)]

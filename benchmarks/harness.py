@@ -67,8 +67,9 @@ def provenance(argv: list[str] | None = None, libraries: tuple[str, ...] = LIBRA
 
 def git_commit() -> str | None:
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()  # fmt: skip
+        return subprocess.run(
+            ["git", "-C", str(REPO), *args], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD")
@@ -128,8 +129,9 @@ def lora_workload(phase: str, num_tokens: int, n: int, dtype: torch.dtype, seed:
     return w, segs, x, y, ranks
 
 
-def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int,
-               adapters: list[str | None] | None = None) -> dict:  # fmt: skip
+def run_engine(
+    llm: LLM, batch: int, prompt_len: int, output_len: int, adapters: list[str | None] | None = None
+) -> dict:
     """Output tok/s of one ``generate`` of ``batch`` random prompts (after a warm-up) and decode
     tok/s (after the last first token); ``adapters``: one adapter name (or None) per request."""
     from valora.sampling_params import SamplingParams
@@ -149,8 +151,9 @@ def run_engine(llm: LLM, batch: int, prompt_len: int, output_len: int,
     }
 
 
-def profile_decode(llm: LLM, batch: int, prompt_len: int, steps: int = 16,
-                   adapters: list[str | None] | None = None) -> dict:  # fmt: skip
+def profile_decode(
+    llm: LLM, batch: int, prompt_len: int, steps: int = 16, adapters: list[str | None] | None = None
+) -> dict:
     """GPU kernel time per decode step (torch.profiler) next to the wall time per step;
     ``adapters``: one adapter name (or None) per request."""
     from torch.profiler import ProfilerActivity, profile
@@ -158,8 +161,9 @@ def profile_decode(llm: LLM, batch: int, prompt_len: int, steps: int = 16,
     from valora.sampling_params import SamplingParams
 
     gen = torch.Generator().manual_seed(1234)
-    prompts = [torch.randint(0, 150000, (prompt_len,), generator=gen).tolist()
-               for _ in range(batch)]  # fmt: skip
+    prompts = [
+        torch.randint(0, 150000, (prompt_len,), generator=gen).tolist() for _ in range(batch)
+    ]
     engine = llm.engine
     adapters = adapters or [None] * batch
     for i, prompt in enumerate(prompts):

@@ -14,8 +14,9 @@ from valora.config import LoRAConfig
 from valora.weights import load_model
 
 
-def merge_manager(setting: str, max_rank: int, dtype: torch.dtype = torch.bfloat16,
-                  device: str = "cuda") -> LoRAManager:  # fmt: skip
+def merge_manager(
+    setting: str, max_rank: int, dtype: torch.dtype = torch.bfloat16, device: str = "cuda"
+) -> LoRAManager:
     """Merging on, LoRA on the language tower, room for two adapters of ``max_rank`` (the one
     merged and one more), the ATMM backend (the VaLoRA policy's), on dummy ``setting`` weights."""
     model = load_model(setting, dtype, device)

@@ -29,8 +29,11 @@ def sweep_tiles() -> None:
     job = SliceMerge(out, w, list(a), list(b), [1.0] * layers)
     floor = 2 * sum(t.nbytes for t in w) / 4.3e12
     for bn, bk, warps in [(64, 128, 4), (128, 128, 8), (64, 256, 8), (128, 64, 4), (32, 256, 4)]:
-        seconds = gpu_time(lambda: triton_merge_layers(job, bn, bk, warps),  # noqa: B023
-                           reps=5, cuda_graph=False)  # fmt: skip
+        seconds = gpu_time(
+            lambda: triton_merge_layers(job, bn, bk, warps),  # noqa: B023
+            reps=5,
+            cuda_graph=False,
+        )
         ms = seconds * 1e3
         print(f"tile {bn}x{bk} warps {warps}: {ms:.2f} ms (floor at 4.3 TB/s {floor * 1e3:.2f})")
 
@@ -52,8 +55,10 @@ def main() -> None:
             (merge, unmerge), wall = wall_time(lambda: (lora.switch(key), lora.switch(None)))  # noqa: B023
         kernels = [e for e in prof.key_averages() if e.device_time_total > 0]
         gpu = sum(e.device_time_total for e in kernels) / 1e3
-        print(f"{strategy} {name}: merge {merge * 1e3:.2f} ms, unmerge {unmerge * 1e3:.2f} ms, "
-              f"wall {wall * 1e3:.2f} ms, GPU kernels {gpu:.2f} ms")  # fmt: skip
+        print(
+            f"{strategy} {name}: merge {merge * 1e3:.2f} ms, unmerge {unmerge * 1e3:.2f} ms, "
+            f"wall {wall * 1e3:.2f} ms, GPU kernels {gpu:.2f} ms"
+        )
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=6))
 
 

@@ -35,17 +35,26 @@ from replay.workload import build_workload
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--engine_args", required=True, help="the server's flags")
-    p.add_argument("--task", nargs="+", default=["vqa"], choices=["vqa", "vat"],
-                   help="profiled in turn on each mode's engine")  # fmt: skip
+    p.add_argument(
+        "--task",
+        nargs="+",
+        default=["vqa"],
+        choices=["vqa", "vat"],
+        help="profiled in turn on each mode's engine",
+    )
     p.add_argument("--adapters", nargs="+", default=["lora0", "lora0", "lora1", "base"])
-    p.add_argument("--modes", nargs="+", default=["auto"],
-                   choices=["auto", "unmerged", "merged", "mixture"])  # fmt: skip
+    p.add_argument(
+        "--modes", nargs="+", default=["auto"], choices=["auto", "unmerged", "merged", "mixture"]
+    )
     p.add_argument("--max-output-tokens", type=int, default=16)
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--top", type=int, default=30, help="kernels listed")
     p.add_argument("--dataset", default=str(DEFAULT_DATASET))
-    p.add_argument("--host", action="store_true",
-                   help="profile the last round's Python (cProfile), not its kernels")  # fmt: skip
+    p.add_argument(
+        "--host",
+        action="store_true",
+        help="profile the last round's Python (cProfile), not its kernels",
+    )
     p.add_argument("--out")
     return p
 
@@ -67,9 +76,15 @@ def run_round(engine, prompts: list, adapters: list, tokens: int, tag: str) -> l
         if not executed:
             continue  # nothing was scheduled: no forward ran
         record = engine.runner.step_record(seconds)  # seconds: the forward only
-        steps.append({"mode": record.mode, "tokens": record.num_tokens,
-                      "lora_rows": record.num_lora_rows, "segments": record.num_segments,
-                      "ms": 1e3 * seconds})  # fmt: skip
+        steps.append(
+            {
+                "mode": record.mode,
+                "tokens": record.num_tokens,
+                "lora_rows": record.num_lora_rows,
+                "segments": record.num_segments,
+                "ms": 1e3 * seconds,
+            }
+        )
     return steps
 
 
@@ -103,8 +118,9 @@ def host_profile(run, top: int) -> tuple[list, str]:
 
 def profile_mode(engine, prompts: list, adapters: list, args, mode: str) -> dict:
     tokens = args.max_output_tokens
-    rounds = [run_round(engine, prompts, adapters, tokens, f"{mode}{i}")
-              for i in range(args.rounds - 1)]  # fmt: skip
+    rounds = [
+        run_round(engine, prompts, adapters, tokens, f"{mode}{i}") for i in range(args.rounds - 1)
+    ]
     last = lambda: run_round(engine, prompts, adapters, tokens, f"{mode}-last")  # noqa: E731
     if args.host:
         rounds_last, table = host_profile(last, args.top)
@@ -113,8 +129,10 @@ def profile_mode(engine, prompts: list, adapters: list, args, mode: str) -> dict
     rounds.append(rounds_last)
     print(f"== {mode} ==\n{table}")
     for i, steps in enumerate(rounds):
-        print(f"{mode} round {i}: " + ", ".join(f"{s['mode']} {s['tokens']} tok {s['ms']:.1f} ms"
-                                                for s in steps[:8]))  # fmt: skip
+        print(
+            f"{mode} round {i}: "
+            + ", ".join(f"{s['mode']} {s['tokens']} tok {s['ms']:.1f} ms" for s in steps[:8])
+        )
     return {"rounds": rounds, "kernels": table}
 
 
@@ -159,16 +177,24 @@ def main(argv: list[str] | None = None) -> dict:
     adapters = [None if a == "base" else a for a in args.adapters]
     run = provenance(sys.argv if argv is None else [__file__, *argv])
     result = {"args": vars(args), **run, "tasks": {task: {} for task in args.task}}
-    specs = {task: build_workload(np.zeros(len(adapters)), np.arange(len(adapters)), task,
-                                  load_sharegpt4v(args.dataset), seed=0,
-                                  max_output_tokens=args.max_output_tokens)
-             for task in args.task}  # fmt: skip
+    specs = {
+        task: build_workload(
+            np.zeros(len(adapters)),
+            np.arange(len(adapters)),
+            task,
+            load_sharegpt4v(args.dataset),
+            seed=0,
+            max_output_tokens=args.max_output_tokens,
+        )
+        for task in args.task
+    }
     for mode in args.modes:  # one engine per mode: the mode is part of its configuration
         engine = pinned_engine(args.engine_args, mode)
         for task in args.task:
             prompts = [engine_prompt(engine.tokenizer, spec) for spec in specs[task]]
-            result["tasks"][task][mode] = profile_mode(engine, prompts, adapters, args,
-                                                       f"{task}-{mode}")  # fmt: skip
+            result["tasks"][task][mode] = profile_mode(
+                engine, prompts, adapters, args, f"{task}-{mode}"
+            )
         del engine
         free_gpu_memory()
     if args.out:

@@ -46,8 +46,12 @@ _LIBRARIES = ("torch", "triton", "httpx", "numpy")  # versions recorded in the h
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model-setting", "--model_setting", default="tiny",
-                   help="recorded in the header; the in-process engine's model")  # fmt: skip
+    p.add_argument(
+        "--model-setting",
+        "--model_setting",
+        default="tiny",
+        help="recorded in the header; the in-process engine's model",
+    )
     p.add_argument("--num_adapters", type=int, default=16)
     p.add_argument("--skewness", type=float, default=0.5)
     p.add_argument("--req_rate", type=float, default=6.0)
@@ -56,16 +60,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=str(DEFAULT_DATASET), help="ShareGPT4V JSON")
     p.add_argument("--image_root", help="image directory (default: the dataset's)")
     p.add_argument("--server", help="http://host:port; none: an in-process engine")
-    p.add_argument("--engine_args", default="--model-setting tiny --device cpu --num-adapter 4",
-                   help="in-process engine: the server's flags")  # fmt: skip
+    p.add_argument(
+        "--engine_args",
+        default="--model-setting tiny --device cpu --num-adapter 4",
+        help="in-process engine: the server's flags",
+    )
     p.add_argument("--debug", action="store_true", help="8 requests, each result printed")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--arrival", choices=["per-second", "rescale", "poisson", "gamma"],
-                   default="per-second")  # fmt: skip
+    p.add_argument(
+        "--arrival", choices=["per-second", "rescale", "poisson", "gamma"], default="per-second"
+    )
     p.add_argument("--cv", type=float, default=1.0, help="gamma arrivals' coefficient of variation")
-    p.add_argument("--popularity", default="skewness",
-                   choices=["skewness", "power", "zipf", "uniform", "distinct"])  # fmt: skip
+    p.add_argument(
+        "--popularity",
+        default="skewness",
+        choices=["skewness", "power", "zipf", "uniform", "distinct"],
+    )
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--zipf_s", type=float, default=1.1)
     p.add_argument("--max_output_tokens", type=int, default=120)
@@ -86,21 +97,32 @@ def arrivals(args) -> np.ndarray:
         return traces.rescale(trace.arrival_s, args.req_rate, args.duration)
     if args.req_rate != int(args.req_rate):
         raise SystemExit("--arrival per-second needs a whole --req_rate")
-    return traces.per_second_sampling(trace.aligned_arrival_s, int(args.req_rate),
-                                      num_seconds=int(args.duration), seed=args.seed)  # fmt: skip
+    return traces.per_second_sampling(
+        trace.aligned_arrival_s, int(args.req_rate), num_seconds=int(args.duration), seed=args.seed
+    )
 
 
 def workload(args) -> list:
     times = arrivals(args)
     if args.debug:
         times = times[:8]
-    adapters = assign_adapters(len(times), args.num_adapters, args.popularity, args.seed,
-                               skewness=args.skewness, alpha=args.alpha,
-                               zipf_s=args.zipf_s) if args.num_adapters > 0 else (
-        np.full(len(times), -1))  # fmt: skip
+    adapters = (
+        assign_adapters(
+            len(times),
+            args.num_adapters,
+            args.popularity,
+            args.seed,
+            skewness=args.skewness,
+            alpha=args.alpha,
+            zipf_s=args.zipf_s,
+        )
+        if args.num_adapters > 0
+        else (np.full(len(times), -1))
+    )
     samples = load_sharegpt4v(args.dataset, args.image_root)
-    return build_workload(times, adapters, args.task, samples, args.seed,
-                          max_output_tokens=args.max_output_tokens)  # fmt: skip
+    return build_workload(
+        times, adapters, args.task, samples, args.seed, max_output_tokens=args.max_output_tokens
+    )
 
 
 async def run(args, specs: list) -> tuple[list, float, dict | None]:
@@ -151,8 +173,13 @@ def main(argv: list[str] | None = None) -> dict:
     origin = provenance(sys.argv if argv is None else [__file__, *argv], _LIBRARIES)
     # the GPU this process sees serves only an in-process engine; a server's is --gpu's
     gpu = args.gpu or ("" if args.server else origin["gpu"])
-    header = {"label": args.label, **origin, "gpu": gpu, "args": vars(args),
-              "engine_stats": engine_stats}  # fmt: skip
+    header = {
+        "label": args.label,
+        **origin,
+        "gpu": gpu,
+        "args": vars(args),
+        "engine_stats": engine_stats,
+    }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(args.out, results, summary, header)

@@ -50,7 +50,7 @@ BAD = [
     ({"response_format": {"type": "json_object"}}, 400),
     ({"temperature": -1}, 400),
     ({"messages": [{"role": "user", "content": [BAD_IMAGE]}]}, 400),
-]  # fmt: skip
+]
 
 
 class Soak:
@@ -63,8 +63,14 @@ class Soak:
 
     # ---- helpers --------------------------------------------------------------------------
     def body(self, model: str, prompt: str, **extra) -> dict:
-        return {"model": model, "messages": [{"role": "user", "content": prompt}],
-                "temperature": 0, "max_tokens": 8, "ignore_eos": True, **extra}  # fmt: skip
+        return {
+            "model": model,
+            "messages": [{"role": "user", "content": prompt}],
+            "temperature": 0,
+            "max_tokens": 8,
+            "ignore_eos": True,
+            **extra,
+        }
 
     def fail(self, what: str) -> None:
         self.counts["failures"] += 1
@@ -122,16 +128,20 @@ class Soak:
     async def impatient(self, http: httpx.AsyncClient) -> None:
         body = self.body(self.rng.choice(MODELS), self.rng.choice(PROMPTS), max_tokens=64)
         try:
-            await http.post(self.url + "/v1/chat/completions", json=body,
-                            timeout=self.rng.uniform(0.01, 0.3))  # fmt: skip
+            await http.post(
+                self.url + "/v1/chat/completions", json=body, timeout=self.rng.uniform(0.01, 0.3)
+            )
         except httpx.TimeoutException:
             pass
         self.counts["impatient"] += 1
 
     async def bad(self, http: httpx.AsyncClient) -> None:
         if self.rng.random() < 0.15:
-            r = await http.post(self.url + "/v1/chat/completions", content=b"{broken",
-                                headers={"content-type": "application/json"})  # fmt: skip
+            r = await http.post(
+                self.url + "/v1/chat/completions",
+                content=b"{broken",
+                headers={"content-type": "application/json"},
+            )
             self.check_error(r, 400, "malformed json")
         else:
             extra, status = self.rng.choice(BAD)
@@ -155,8 +165,9 @@ class Soak:
             return
         self.loaded.add(name)
         try:
-            r = await http.post(self.url + "/v1/load_lora_adapter",
-                                json={"lora_name": name, "lora_path": name})  # fmt: skip
+            r = await http.post(
+                self.url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": name}
+            )
             if r.status_code != 200:
                 return self.fail(f"load {name}: {r.status_code} {r.text[:200]}")
             prompt = self.rng.choice(PROMPTS)
@@ -173,8 +184,15 @@ class Soak:
             self.loaded.discard(name)
 
     async def worker(self, deadline: float) -> None:
-        actions = [(self.good, 30), (self.stream, 20), (self.drop, 10), (self.impatient, 10),
-                   (self.bad, 20), (self.no_max_tokens, 3), (self.adapter_churn, 3)]  # fmt: skip
+        actions = [
+            (self.good, 30),
+            (self.stream, 20),
+            (self.drop, 10),
+            (self.impatient, 10),
+            (self.bad, 20),
+            (self.no_max_tokens, 3),
+            (self.adapter_churn, 3),
+        ]
         funcs, weights = zip(*actions)
         async with httpx.AsyncClient(timeout=120) as http:
             while time.monotonic() < deadline:
@@ -197,8 +215,9 @@ async def soak(args, url: str, root: Path) -> dict:
             r.raise_for_status()
         await runner.reference(http, MODELS + DYNAMIC)
         for name in DYNAMIC:
-            (await http.post(url + "/v1/unload_lora_adapter", json={"lora_name": name})
-             ).raise_for_status()  # fmt: skip
+            (
+                await http.post(url + "/v1/unload_lora_adapter", json={"lora_name": name})
+            ).raise_for_status()
     start = time.monotonic()
     deadline = start + args.duration
     await asyncio.gather(*(runner.worker(deadline) for _ in range(args.concurrency)))
@@ -207,19 +226,32 @@ async def soak(args, url: str, root: Path) -> dict:
     async with httpx.AsyncClient(timeout=60) as http:
         await runner.good(http)  # still exact afterwards
         health = (await http.get(url + "/health")).status_code
-    return {"seconds": round(elapsed, 1), "counts": dict(runner.counts), "health": health,
-            "after": leftovers, "failures": runner.failures}  # fmt: skip
+    return {
+        "seconds": round(elapsed, 1),
+        "counts": dict(runner.counts),
+        "health": health,
+        "after": leftovers,
+        "failures": runner.failures,
+    }
 
 
 async def wait_quiet(url: str, timeout: float = 60) -> dict:
-    names = ("valora_num_requests_running", "valora_num_requests_waiting",
-             "valora_kv_blocks_in_use", "valora_lora_request_pins")  # fmt: skip
+    names = (
+        "valora_num_requests_running",
+        "valora_num_requests_waiting",
+        "valora_kv_blocks_in_use",
+        "valora_lora_request_pins",
+    )
     deadline = time.monotonic() + timeout
     async with httpx.AsyncClient(timeout=30) as http:
         while True:
             text = (await http.get(url + "/metrics")).text
-            values = {n: float(line.split()[1]) for line in text.splitlines()
-                      for n in names if line.startswith(n + " ")}  # fmt: skip
+            values = {
+                n: float(line.split()[1])
+                for line in text.splitlines()
+                for n in names
+                if line.startswith(n + " ")
+            }
             if not any(values.values()) or time.monotonic() > deadline:
                 return values
             await asyncio.sleep(0.2)
@@ -227,8 +259,11 @@ async def wait_quiet(url: str, timeout: float = 60) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--server", help="URL of a running server (its --lora-root must hold "
-                                    "dyn0 and dyn1); default: start one")  # fmt: skip
+    p.add_argument(
+        "--server",
+        help="URL of a running server (its --lora-root must hold "
+        "dyn0 and dyn1); default: start one",
+    )
     p.add_argument("--duration", type=float, default=300.0, help="seconds of traffic")
     p.add_argument("--concurrency", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
@@ -248,8 +283,11 @@ def main() -> None:
             if server is not None:
                 server.terminate()
                 server.wait(timeout=60)
-    ok = (summary["health"] == 200 and not summary["counts"].get("failures")
-          and not any(summary["after"].values()))  # fmt: skip
+    ok = (
+        summary["health"] == 200
+        and not summary["counts"].get("failures")
+        and not any(summary["after"].values())
+    )
     result = {"passed": ok, **summary, **provenance(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

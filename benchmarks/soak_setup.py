@@ -39,10 +39,31 @@ def free_port() -> int:
 
 def start_server(lora_root: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    command = [sys.executable, "-m", "valora.server.cli", "--model-setting", "tiny", "--device",
-               "cpu", "--num-token", "8192", "--num-adapter", "4", "--lora-root", str(lora_root),
-               "--max-cpu-loras", "2", "--max-loras", "2", "--max-model-len", "256",
-               "--lora-backend", "torch", "--port", str(port)]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "valora.server.cli",
+        "--model-setting",
+        "tiny",
+        "--device",
+        "cpu",
+        "--num-token",
+        "8192",
+        "--num-adapter",
+        "4",
+        "--lora-root",
+        str(lora_root),
+        "--max-cpu-loras",
+        "2",
+        "--max-loras",
+        "2",
+        "--max-model-len",
+        "256",
+        "--lora-backend",
+        "torch",
+        "--port",
+        str(port),
+    ]
     return subprocess.Popen(command), f"http://127.0.0.1:{port}"
 
 
@@ -63,9 +84,15 @@ def wait_healthy(url: str, server: subprocess.Popen | None, timeout: float = 180
 def provenance(argv: list[str]) -> dict:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()  # fmt: skip
+    commit = subprocess.run(
+        ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    ).stdout.strip()
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (CPU)"
-    return {"command": " ".join(["python", *argv]), "commit": commit, "gpu": gpu,
-            "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-            "torch": torch.__version__}  # fmt: skip
+    return {
+        "command": " ".join(["python", *argv]),
+        "commit": commit,
+        "gpu": gpu,
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }

@@ -29,16 +29,23 @@ def main() -> None:
             itemsize = 2
             shrink_bytes = itemsize * (tokens * 3584 + sum(ranks) * 3584) + 4 * tokens * 128
             expand_bytes = itemsize * (2 * tokens * n + sum(ranks) * n) + 4 * tokens * 128
-            rows.append({"N": n, "tokens": tokens, "shrink_us": shrink * 1e6,
-                         "shrink_floor_us": shrink_bytes / bandwidth * 1e6,
-                         "expand_us": expand * 1e6,
-                         "expand_floor_us": expand_bytes / bandwidth * 1e6,
-                         "shrink_config": shrink_config(x, w, segs),
-                         "expand_config": expand_config(y, w, segs)})  # fmt: skip
+            rows.append(
+                {
+                    "N": n,
+                    "tokens": tokens,
+                    "shrink_us": shrink * 1e6,
+                    "shrink_floor_us": shrink_bytes / bandwidth * 1e6,
+                    "expand_us": expand * 1e6,
+                    "expand_floor_us": expand_bytes / bandwidth * 1e6,
+                    "shrink_config": shrink_config(x, w, segs),
+                    "expand_config": expand_config(y, w, segs),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     with open(args.out, "w") as f:
-        json.dump({**provenance(), "copy_bandwidth_GBps": bandwidth / 1e9, "rows": rows}, f,
-                  indent=1)  # fmt: skip
+        json.dump(
+            {**provenance(), "copy_bandwidth_GBps": bandwidth / 1e9, "rows": rows}, f, indent=1
+        )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,9 @@ def ratios(data: dict) -> list[str]:
         for policy, points in sorted(per.items()):
             if policy == "valora":
                 continue
-            text = ", ".join(f"{rate:g}: {ours[rate] / v:.2f}x" for rate, v in points
-                             if rate in ours and v > 0)  # fmt: skip
+            text = ", ".join(
+                f"{rate:g}: {ours[rate] / v:.2f}x" for rate, v in points if rate in ours and v > 0
+            )
             lines.append(f"{task} valora/{policy} latency per token: {text}")
     return lines
 

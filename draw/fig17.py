@@ -17,9 +17,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STYLE = {"atmm": ("ATMM (ours)", "C3", "o"), "sgmv": ("Punica SGMV", "C0", "s"),
-         "mbgmv": ("S-LoRA MBGMV/MBGMM", "C2", "^"), "einsum": ("dLoRA einsum", "C1", "v"),
-         "torch": ("per-segment loop", "C7", "x")}  # fmt: skip
+STYLE = {
+    "atmm": ("ATMM (ours)", "C3", "o"),
+    "sgmv": ("Punica SGMV", "C0", "s"),
+    "mbgmv": ("S-LoRA MBGMV/MBGMM", "C2", "^"),
+    "einsum": ("dLoRA einsum", "C1", "v"),
+    "torch": ("per-segment loop", "C7", "x"),
+}
 
 
 def load(path: str) -> tuple[dict, list[dict]]:
@@ -53,8 +57,9 @@ def draw(header: dict, rows: list[dict], out: str) -> None:
             ax.set_ylabel("op cost (ms)")
             ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle(f"LoRA op cost, {header['gpu']}, {header['dtype']}, {header['ranks']}",
-                 fontsize=10)  # fmt: skip
+    fig.suptitle(
+        f"LoRA op cost, {header['gpu']}, {header['dtype']}, {header['ranks']}", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(out, dpi=130)
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-POLICY_STYLE = {"valora": ("VaLoRA (ours)", "C3", "o"), "slora": ("S-LoRA", "C2", "^"),
-                "punica": ("Punica", "C0", "s"), "dlora": ("dLoRA", "C1", "v")}  # fmt: skip
+POLICY_STYLE = {
+    "valora": ("VaLoRA (ours)", "C3", "o"),
+    "slora": ("S-LoRA", "C2", "^"),
+    "punica": ("Punica", "C0", "s"),
+    "dlora": ("dLoRA", "C1", "v"),
+}
 
 
 def load_run(path: Path) -> dict:
@@ -19,8 +23,13 @@ def load_run(path: Path) -> dict:
     record = next(line for line in reversed(lines) if "summary" in line)
     requests = [line for line in lines if "summary" not in line]
     label = record.get("label") or path.stem
-    return {"policy": label.split("_")[0], "label": label, "args": record.get("args", {}),
-            "summary": record["summary"], "requests": requests}  # fmt: skip
+    return {
+        "policy": label.split("_")[0],
+        "label": label,
+        "args": record.get("args", {}),
+        "summary": record["summary"],
+        "requests": requests,
+    }
 
 
 def load_runs(directories: list[str]) -> list[dict]:

@@ -40,8 +40,13 @@ def main() -> None:
     for policy, values in sorted(points.items()):
         name, color, marker = POLICY_STYLE.get(policy, (policy, "C7", "x"))
         xs, ys = zip(*sorted(values, key=lambda v: str(v[0]) if args.sweep == "rank-mix" else v))
-        ax.plot([str(x) for x in xs] if args.sweep == "rank-mix" else xs, ys, label=name,
-                color=color, marker=marker)  # fmt: skip
+        ax.plot(
+            [str(x) for x in xs] if args.sweep == "rank-mix" else xs,
+            ys,
+            label=name,
+            color=color,
+            marker=marker,
+        )
     ax.set_xlabel(label)
     ax.set_ylabel("avg latency per token (ms)")
     if log_x:

@@ -40,8 +40,12 @@ def read_table(path: Path) -> dict[str, dict]:
 def write_table(path: Path, gpu: str, dtype: str, configs: dict[str, dict]) -> None:
     """A table file: the GPU, dtype and versions it was measured with, configs sorted by key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"gpu": gpu, "dtype": dtype, **library_versions("torch", "triton"),
-              "configs": dict(sorted(configs.items()))}  # fmt: skip
+    record = {
+        "gpu": gpu,
+        "dtype": dtype,
+        **library_versions("torch", "triton"),
+        "configs": dict(sorted(configs.items())),
+    }
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -32,8 +32,9 @@ FLUSH_BYTES = 256 << 20  # larger than the L2 of every GPU we run on (H100 50 MB
 _SPIN_CYCLES = 100_000  # about 60 us of GPU time: covers the host's enqueue of event + replay
 
 
-def gpu_time(fn: Callable[[], object], *, reps: int = 20, cuda_graph: bool = True,
-             flush_l2: bool = True) -> float:  # fmt: skip
+def gpu_time(
+    fn: Callable[[], object], *, reps: int = 20, cuda_graph: bool = True, flush_l2: bool = True
+) -> float:
     """Median GPU seconds of one ``fn()`` (see the module docstring for the method)."""
     if not torch.cuda.is_available():
         raise RuntimeError(

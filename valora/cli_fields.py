@@ -16,8 +16,15 @@ from typing import Any
 _CLI = "cli"
 
 
-def option(default: Any = dataclasses.MISSING, help: str = "", *, flag: str | None = None,
-           aliases: tuple[str, ...] = (), cli: bool = True, **argparse_kwargs: Any):  # fmt: skip
+def option(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    *,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+    cli: bool = True,
+    **argparse_kwargs: Any,
+):
     """A dataclass field with its command-line flag (``cli=False``: no flag)."""
     meta = {_CLI: {"help": help, "flag": flag, "aliases": aliases, "kwargs": argparse_kwargs}}
     if not cli:

@@ -205,8 +205,12 @@ class SchedulerConfig:
     max_num_batched_tokens: int = option(8192, "tokens per step", type=int)
     max_model_len: int = option(32768, "context limit per request (prompt + output)", type=int)
     enable_chunked_prefill: bool = option(True, "split long prompts over steps")
-    policy: str = option("valora", "orchestration policy: mode choice, admission order and "
-                         "kernels", aliases=("--scheduler",), choices=sorted(POLICIES))
+    policy: str = option(
+        "valora",
+        "orchestration policy: mode choice, admission order and kernels",
+        aliases=("--scheduler",),
+        choices=sorted(POLICIES),
+    )
     policy_options: tuple[tuple[str, object], ...] = option((), cli=False)  # policy kwargs
 
     def __post_init__(self) -> None:
@@ -220,19 +224,28 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class LoRAConfig:
-    max_loras: int = option(8, "GPU pool size, in adapters of max_lora_rank (more fit at lower "
-                            "ranks)", type=int)
+    max_loras: int = option(
+        8, "GPU pool size, in adapters of max_lora_rank (more fit at lower ranks)", type=int
+    )
     max_lora_rank: int = option(64, "largest adapter rank served", type=int)
     max_cpu_loras: int = option(64, "host copies of adapters not in use kept", type=int)
-    backend: str | None = option(None, "LoRA kernels (default: the policy's)",
-                                 flag="--lora-backend",
-                                 choices=["atmm", "sgmv", "mbgmv", "einsum", "torch"])
-    towers: tuple[str, ...] = option(("language", "vision"), "towers LoRA applies to",
-                                     flag="--lora-towers", nargs="+",
-                                     choices=["language", "vision"])
+    backend: str | None = option(
+        None,
+        "LoRA kernels (default: the policy's)",
+        flag="--lora-backend",
+        choices=["atmm", "sgmv", "mbgmv", "einsum", "torch"],
+    )
+    towers: tuple[str, ...] = option(
+        ("language", "vision"),
+        "towers LoRA applies to",
+        flag="--lora-towers",
+        nargs="+",
+        choices=["language", "vision"],
+    )
     allow_pickle: bool = option(False, "accept pickled adapter_model.bin files")
-    enable_prefetch: bool = option(True, "copy waiting requests' adapters to the GPU early",
-                                   flag="--lora-prefetch")
+    enable_prefetch: bool = option(
+        True, "copy waiting requests' adapters to the GPU early", flag="--lora-prefetch"
+    )
 
     def __post_init__(self) -> None:
         if self.max_loras < 1 or self.max_lora_rank < 1 or self.max_cpu_loras < 1:
@@ -246,24 +259,33 @@ class EngineConfig:
     """Everything the engine builder (``valora.engine.builder``) needs; ``lora`` None: no LoRA
     (no pool, no LoRA layers)."""
 
-    model: str = option("tiny", "a model setting (dummy weights) or a checkpoint directory",
-                        cli=False)
+    model: str = option(
+        "tiny", "a model setting (dummy weights) or a checkpoint directory", cli=False
+    )
     dtype: str = option("auto", "auto: bfloat16 on a GPU, float32 on the CPU", choices=DTYPES)
     device: str | None = option(None, "cuda or cpu (default: cuda when available)")
-    num_token: int | None = option(None, "KV-cache budget in tokens (default: from "
-                                   "--gpu-memory-utilization)", type=int)
-    gpu_memory_utilization: float = option(0.85, "share of GPU memory the engine may use",
-                                           type=float)
+    num_token: int | None = option(
+        None, "KV-cache budget in tokens (default: from --gpu-memory-utilization)", type=int
+    )
+    gpu_memory_utilization: float = option(
+        0.85, "share of GPU memory the engine may use", type=float
+    )
     block_size: int = option(16, "tokens per KV block", type=int)
     enable_prefix_caching: bool = option(True, "reuse KV blocks of shared prefixes")
     seed: int = option(0, "dummy-weight seed", type=int)
     enforce_eager: bool = option(False, "no CUDA graphs for decode steps")
-    quantization: str = option("none", "quantize the language model's linears (RTN); a "
-                               "quantized checkpoint brings its own",
-                               choices=["none", "w4a16", "w8a16"])
-    quant_merge: str = option("auto", "merged mode on a quantized base: dense overlays of the "
-                              "LoRA targets (auto: where they take at most half the KV-cache "
-                              "memory)", choices=QUANT_MERGE)
+    quantization: str = option(
+        "none",
+        "quantize the language model's linears (RTN); a quantized checkpoint brings its own",
+        choices=["none", "w4a16", "w8a16"],
+    )
+    quant_merge: str = option(
+        "auto",
+        "merged mode on a quantized base: dense overlays of the "
+        "LoRA targets (auto: where they take at most half the KV-cache "
+        "memory)",
+        choices=QUANT_MERGE,
+    )
     scheduler: SchedulerConfig = option(SchedulerConfig(), cli=False)
     lora: LoRAConfig | None = option(None, cli=False)
 

@@ -31,9 +31,12 @@ def demo_chats() -> list[tuple[str, list[dict], list[Image.Image]]]:
     haiku = "Write a haiku about serving many adapters."
     return [
         (haiku, [{"role": "user", "content": haiku}], []),
-        ("What is in this picture? [+ a 224x168 image]",
-         [{"role": "user", "content": image_question}], [demo_image()]),
-    ]  # fmt: skip
+        (
+            "What is in this picture? [+ a 224x168 image]",
+            [{"role": "user", "content": image_question}],
+            [demo_image()],
+        ),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -80,8 +80,9 @@ def process_prompt(
     token_ids = expand_image_placeholders(token_ids, images, pad)
     merge = model_config.vision.spatial_merge_size
     positions, rope_delta = mrope_positions(token_ids, [im.grid_thw for im in images], pad, merge)
-    return ProcessedPrompt(token_ids, images, _image_spans(token_ids, images, pad), positions,
-                           rope_delta)  # fmt: skip
+    return ProcessedPrompt(
+        token_ids, images, _image_spans(token_ids, images, pad), positions, rope_delta
+    )
 
 
 def build_request(

@@ -30,8 +30,10 @@ def engine_config(model: str, enable_lora: bool, **kwargs: Any) -> EngineConfig:
         kwargs["dtype"] = _TORCH_DTYPES[kwargs["dtype"]]
     engine_kw, sched_kw, lora_kw = split_kwargs(kwargs, EngineConfig, SchedulerConfig, LoRAConfig)
     if lora_kw and not enable_lora:
-        raise ValueError(f"LoRA options {sorted(lora_kw)} given, but LoRA is off "
-                         "(pass enable_lora=True, lora_modules or num_dummy_adapters)")  # fmt: skip
+        raise ValueError(
+            f"LoRA options {sorted(lora_kw)} given, but LoRA is off "
+            "(pass enable_lora=True, lora_modules or num_dummy_adapters)"
+        )
     lora = LoRAConfig(**lora_kw) if enable_lora else None
     return EngineConfig(model=model, scheduler=SchedulerConfig(**sched_kw), lora=lora, **engine_kw)
 

@@ -105,8 +105,9 @@ class ModelRunner:
         try:
             return self.execute(sched), []
         except Exception:
-            log.exception("a step of %d requests raised; running them one at a time",
-                          len(sched.requests))  # fmt: skip
+            log.exception(
+                "a step of %d requests raised; running them one at a time", len(sched.requests)
+            )
         sampled, failed = {}, []
         for request, num in zip(sched.requests, sched.num_new_tokens):
             try:
@@ -123,9 +124,13 @@ class ModelRunner:
         """Compute one plain token (base model, no image, on the KV cache's scratch block that
         no sequence owns); raises if even that fails: then the engine is broken, not a
         request."""
-        probe = Request("__health_probe__", [0], SamplingParams(temperature=0, max_tokens=1),
-                        mrope_positions=np.zeros((3, 1), dtype=np.int64),
-                        block_table=[self.kv_cache.scratch_block])  # fmt: skip
+        probe = Request(
+            "__health_probe__",
+            [0],
+            SamplingParams(temperature=0, max_tokens=1),
+            mrope_positions=np.zeros((3, 1), dtype=np.int64),
+            block_table=[self.kv_cache.scratch_block],
+        )
         try:
             self.execute(SchedulerOutput([probe], [1]))
         finally:
@@ -179,8 +184,9 @@ class ModelRunner:
         m = batch.merged_slot
         mode = lora_mode(batch.seq_slots, m)
         own = [(s, n) for s, n in zip(batch.seq_slots, batch.query_lens) if s >= 0 and s != m]
-        corr_rows = 0 if m is None else sum(n for s, n in zip(batch.seq_slots, batch.query_lens)
-                                            if s != m)  # fmt: skip
+        corr_rows = (
+            0 if m is None else sum(n for s, n in zip(batch.seq_slots, batch.query_lens) if s != m)
+        )
         segments = len(own) + (corr_rows > 0)
         return StepRecord(mode, num_tokens, sum(n for _, n in own) + corr_rows, segments, seconds)
 
@@ -208,10 +214,14 @@ class ModelRunner:
         """Encode the images of every request whose chunk reaches an image row and that has no
         embeddings yet: all of them in one vision pass per ``encoder_budget`` image tokens, so
         the tower's per-op launch cost is paid per step, not per request."""
-        todo = [r for r, n in zip(sched.requests, sched.num_new_tokens)
-                if r.request_id not in self._encoder_cache and r.images
-                and image_rows_before(r, r.num_computed_tokens + n)
-                > image_rows_before(r, r.num_computed_tokens)]  # fmt: skip
+        todo = [
+            r
+            for r, n in zip(sched.requests, sched.num_new_tokens)
+            if r.request_id not in self._encoder_cache
+            and r.images
+            and image_rows_before(r, r.num_computed_tokens + n)
+            > image_rows_before(r, r.num_computed_tokens)
+        ]
         for group in encoder_groups(todo, self.encoder_budget):
             images = [im for r in group for im in r.images]
             pixels = torch.cat([im.pixel_values for im in images])

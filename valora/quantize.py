@@ -94,8 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def _check_awq_args(args: argparse.Namespace) -> None:
     """AWQ GEMM checkpoints are 4-bit, asymmetric (zero points), without act-order."""
     if args.bits != 4:
-        raise SystemExit(f"--method awq writes AWQ GEMM checkpoints, which are 4-bit only "
-                         f"(got --bits {args.bits}): use --method gptq for 8 bits")  # fmt: skip
+        raise SystemExit(
+            f"--method awq writes AWQ GEMM checkpoints, which are 4-bit only "
+            f"(got --bits {args.bits}): use --method gptq for 8 bits"
+        )
     if args.act_order:
         raise SystemExit("--act-order is GPTQ's desc_act; AWQ has no act-order: drop it")
     if args.sym:
@@ -114,8 +116,9 @@ def main(argv: list[str] | None = None) -> None:
         quantized, errors, alphas = result.quantized, result.errors, result.alphas
     else:
         hessians = None if stats is None else stats.hessians
-        quantized, errors = quantize_weights(model, args.method, args.bits, args.group_size,
-                                             args.sym, args.act_order, hessians)  # fmt: skip
+        quantized, errors = quantize_weights(
+            model, args.method, args.bits, args.group_size, args.sym, args.act_order, hessians
+        )
     write_checkpoint(model, args, quantized, errors, alphas)
 
 
@@ -123,30 +126,46 @@ def quantization_config(args: argparse.Namespace) -> dict:
     """config.json's ``quantization_config``, as AutoGPTQ / AutoAWQ write it."""
     if args.method == "awq":
         return {
-            "quant_method": "awq", "version": "gemm", "zero_point": True,
-            "bits": args.bits, "group_size": args.group_size,
-            "w_bit": args.bits, "q_group_size": args.group_size, "modules_to_not_convert": None,
-        }  # fmt: skip
+            "quant_method": "awq",
+            "version": "gemm",
+            "zero_point": True,
+            "bits": args.bits,
+            "group_size": args.group_size,
+            "w_bit": args.bits,
+            "q_group_size": args.group_size,
+            "modules_to_not_convert": None,
+        }
     return {
-        "quant_method": "gptq", "bits": args.bits, "group_size": args.group_size,
-        "sym": args.sym, "desc_act": args.act_order, "checkpoint_format": "gptq",
-    }  # fmt: skip
+        "quant_method": "gptq",
+        "bits": args.bits,
+        "group_size": args.group_size,
+        "sym": args.sym,
+        "desc_act": args.act_order,
+        "checkpoint_format": "gptq",
+    }
 
 
-def write_checkpoint(model, args, quantized: dict, errors: dict,
-                     alphas: dict | None = None) -> None:  # fmt: skip
+def write_checkpoint(
+    model, args, quantized: dict, errors: dict, alphas: dict | None = None
+) -> None:
     """``model``'s dense tensors (for awq: with the folded norms) and the packed ``quantized``
     ones (GPTQ, or AWQ GEMM for awq), config.json, the tokenizer files and the error report."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    dense = {name: t.contiguous() for name, t in checkpoint_tensors(model).items()
-             if not _is_packed_weight(name, quantized)}  # fmt: skip
+    dense = {
+        name: t.contiguous()
+        for name, t in checkpoint_tensors(model).items()
+        if not _is_packed_weight(name, quantized)
+    }
     fmt = "awq" if args.method == "awq" else "gptq"
     tensors = {**dense, **packed_tensors(quantized, model, fmt)}
     # own storage per tensor: safetensors refuses views (q/k/v rows, a shared g_idx)
     save_file({k: v.clone() for k, v in tensors.items()}, str(out / "model.safetensors"))
-    config = dict(MODEL_SETTINGS[args.model]) if is_model_setting(args.model) else (
-        json.loads((Path(args.model) / "config.json").read_text()))  # fmt: skip
+    config = (
+        dict(MODEL_SETTINGS[args.model])
+        if is_model_setting(args.model)
+        else (json.loads((Path(args.model) / "config.json").read_text()))
+    )
     config["quantization_config"] = quantization_config(args)
     (out / "config.json").write_text(json.dumps(json.loads(json.dumps(config)), indent=1))
     if not is_model_setting(args.model):
@@ -157,8 +176,12 @@ def write_checkpoint(model, args, quantized: dict, errors: dict,
 
 
 def write_report(out: Path, args, errors: dict, alphas: dict | None) -> None:
-    report = {"method": args.method, "bits": args.bits, "group_size": args.group_size,
-              "relative_error": errors}  # fmt: skip
+    report = {
+        "method": args.method,
+        "bits": args.bits,
+        "group_size": args.group_size,
+        "relative_error": errors,
+    }
     if alphas is not None:
         report["alpha"] = alphas  # None: the linear is in no scale group (plain RTN)
     (out / "quantization_report.json").write_text(json.dumps(report, indent=1))

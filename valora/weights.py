@@ -78,9 +78,11 @@ def load_model(
         raise ValueError(f"{model!r} is neither a model setting nor a checkpoint directory")
     cfg = ModelConfig.from_path(model)
     if cfg.quantization_config is not None:
-        raise ValueError(f"{model} is a quantized checkpoint: load it through the engine "
-                         "(valora.engine.weights_plan.load_weights), which installs its packed "
-                         "linears")  # fmt: skip
+        raise ValueError(
+            f"{model} is a quantized checkpoint: load it through the engine "
+            "(valora.engine.weights_plan.load_weights), which installs its packed "
+            "linears"
+        )
     net = build_model(cfg, dtype, device, attn_backend)
     load_checkpoint(net, model)
     return net
@@ -140,8 +142,11 @@ def checkpoint_files(path: str | Path) -> list[Path]:
     return files
 
 
-def load_checkpoint(model: Qwen2VLForConditionalGeneration, path: str | Path,
-                    skip: Callable[[str], bool] | None = None) -> None:  # fmt: skip
+def load_checkpoint(
+    model: Qwen2VLForConditionalGeneration,
+    path: str | Path,
+    skip: Callable[[str], bool] | None = None,
+) -> None:
     """Copy every tensor of the checkpoint into ``model``; any missing, unexpected or mis-shaped
     tensor raises one ``ValueError`` that names each problem and the expected shape. ``skip``:
     tensor names someone else loads (a quantized checkpoint's packed tensors)."""

@@ -80,8 +80,9 @@ class EinsumBackend:
             a = torch.where(keep, weights.a[slots, s], 0)  # [U, R, K]
             a_kir.append(a.permute(2, 0, 1).contiguous())  # [K, U, R]
             b_ird.append(torch.where(keep, weights.b[slots, :, lo:hi], 0).contiguous())
-        return EinsumPrepared(weights, tuple(a_kir), tuple(b_ird), slots.to(torch.int32),
-                              weights.scalings[slots])  # fmt: skip
+        return EinsumPrepared(
+            weights, tuple(a_kir), tuple(b_ird), slots.to(torch.int32), weights.scalings[slots]
+        )
 
     def add_lora(
         self, y: torch.Tensor, x: torch.Tensor, prepared: EinsumPrepared, segs: LoRASegments

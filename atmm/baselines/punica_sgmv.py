@@ -72,6 +72,7 @@ def _num_sms(device: torch.device) -> int:
     return 132
 
 
+# fmt: off
 @triton.jit
 def _shrink_kernel(
     x_ptr, a_ptr, out_ptr, indptr_ptr, slots_ptr, ranks_ptr,
@@ -79,7 +80,7 @@ def _shrink_kernel(
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, SPLIT: tl.constexpr,
     CHUNK_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
     BLOCK_R: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """out[(chunk,) rows, s, :] = x[rows, chunk] @ a[slot, s, :rank, chunk]^T for one M tile."""
     seg = tl.program_id(2)
     slot = tl.load(slots_ptr + seg)
@@ -113,8 +114,10 @@ def _shrink_kernel(
         tl.store(out + chunk.to(tl.int64) * chunk_stride, acc, mask=mask)
     else:  # v in the input dtype, as Punica keeps it
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _sum_chunks_kernel(part_ptr, v_ptr, numel, NUM_CHUNKS: tl.constexpr, BLOCK: tl.constexpr):
     """v[i] = sum_c part[c, i], rounded to v's dtype (the split-K reduction)."""
@@ -124,15 +127,17 @@ def _sum_chunks_kernel(part_ptr, v_ptr, numel, NUM_CHUNKS: tl.constexpr, BLOCK: 
     for c in range(NUM_CHUNKS):
         acc += tl.load(part_ptr + c * numel + offs, mask=mask, other=0.0)
     tl.store(v_ptr + offs, acc.to(v_ptr.dtype.element_ty), mask=mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _expand_kernel(
     v_ptr, b_ptr, y_ptr, indptr_ptr, slots_ptr, ranks_ptr, scalings_ptr, tiles_ptr,
     N, stride_y, stride_bs,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """y[rows, tile] += c * v[rows, s, :rank] @ b[slot, :rank, tile] for one 32x128 tile."""
     seg = tl.program_id(2)
     slot = tl.load(slots_ptr + seg)
@@ -165,6 +170,7 @@ def _expand_kernel(
     mask = m_mask[:, None] & n_mask[None, :]
     yt = tl.load(y_ptrs, mask=mask, other=0.0)
     tl.store(y_ptrs, (yt.to(tl.float32) + scale * acc).to(yt.dtype), mask=mask)
+# fmt: on
 
 
 class SGMVBackend:
@@ -207,12 +213,28 @@ class SGMVBackend:
         if chunks > 1:
             out = torch.empty((chunks, *v.shape), dtype=torch.float32, device=x.device)
         _shrink_kernel[(num_slices * chunks, m_tiles, num_segs)](
-            x, w.a, out, segs.seg_indptr, segs.seg_slots, w.ranks,
-            k, x.stride(0), v.numel(), w.a.stride(0), w.a.stride(1),
-            NUM_SLICES=num_slices, MAX_RANK=w.max_rank, SPLIT=chunks > 1, CHUNK_K=chunk_k,
-            BLOCK_M=SHRINK_BLOCK_M, BLOCK_K=SHRINK_BLOCK_K, BLOCK_R=p.block_r, PREC=prec,
-            num_warps=SHRINK_WARPS, num_stages=SHRINK_STAGES,
-        )  # fmt: skip
+            x,
+            w.a,
+            out,
+            segs.seg_indptr,
+            segs.seg_slots,
+            w.ranks,
+            k,
+            x.stride(0),
+            v.numel(),
+            w.a.stride(0),
+            w.a.stride(1),
+            NUM_SLICES=num_slices,
+            MAX_RANK=w.max_rank,
+            SPLIT=chunks > 1,
+            CHUNK_K=chunk_k,
+            BLOCK_M=SHRINK_BLOCK_M,
+            BLOCK_K=SHRINK_BLOCK_K,
+            BLOCK_R=p.block_r,
+            PREC=prec,
+            num_warps=SHRINK_WARPS,
+            num_stages=SHRINK_STAGES,
+        )
         if chunks > 1:
             grid = (triton.cdiv(v.numel(), REDUCE_BLOCK),)
             _sum_chunks_kernel[grid](out, v, v.numel(), NUM_CHUNKS=chunks, BLOCK=REDUCE_BLOCK)
@@ -223,12 +245,26 @@ class SGMVBackend:
         w = p.weights
         m_tiles = grid_axis(triton.cdiv(segs.max_seg_len, EXPAND_BLOCK_M), "M tiles")
         _expand_kernel[(p.tiles.shape[0], m_tiles, segs.num_segments)](
-            v, w.b, y, segs.seg_indptr, segs.seg_slots, w.ranks, w.scalings, p.tiles,
-            w.out_features, y.stride(0), w.b.stride(0),
-            NUM_SLICES=w.num_slices, MAX_RANK=w.max_rank, BLOCK_M=EXPAND_BLOCK_M,
-            BLOCK_N=EXPAND_BLOCK_N, BLOCK_K=EXPAND_BLOCK_K, PREC=prec,
-            num_warps=EXPAND_WARPS, num_stages=EXPAND_STAGES,
-        )  # fmt: skip
+            v,
+            w.b,
+            y,
+            segs.seg_indptr,
+            segs.seg_slots,
+            w.ranks,
+            w.scalings,
+            p.tiles,
+            w.out_features,
+            y.stride(0),
+            w.b.stride(0),
+            NUM_SLICES=w.num_slices,
+            MAX_RANK=w.max_rank,
+            BLOCK_M=EXPAND_BLOCK_M,
+            BLOCK_N=EXPAND_BLOCK_N,
+            BLOCK_K=EXPAND_BLOCK_K,
+            PREC=prec,
+            num_warps=EXPAND_WARPS,
+            num_stages=EXPAND_STAGES,
+        )
 
 
 def grid_axis(n: int, what: str) -> int:

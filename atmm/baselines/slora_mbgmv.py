@@ -94,6 +94,7 @@ def build_locations(weights: LoRAWeights) -> dict[str, torch.Tensor]:
     return {name: t.to(torch.int32) for name, t in tables.items()}
 
 
+# fmt: off
 @triton.jit
 def _find_segment(indptr_ptr, t, num_segments, steps):
     """Largest i in [0, num_segments] with indptr[i] <= t (== num_segments: t past the end)."""
@@ -105,15 +106,17 @@ def _find_segment(indptr_ptr, t, num_segments, steps):
         lo = tl.where(go, mid, lo)
         hi = tl.where(go, hi, mid - 1)
     return lo
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _mbgmv_shrink_kernel(
     x_ptr, a_ptr, v_ptr, indptr_ptr, slots_ptr, a_start_ptr, a_len_ptr, a_loc_ptr,
     num_segments, steps, K, stride_x,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
-):  # fmt: skip
+):
     """v[t, s, rank tile] = gathered a rows @ x[t]: one token, one slice, BLOCK_R rank rows."""
     t = tl.program_id(0)
     seg = _find_segment(indptr_ptr, t, num_segments, steps)
@@ -141,15 +144,17 @@ def _mbgmv_shrink_kernel(
         acc += tl.sum(wv.to(tl.float32) * xv[None, :], axis=1)
     v_row = v_ptr + t.to(tl.int64) * (NUM_SLICES * MAX_RANK) + s * MAX_RANK
     tl.store(v_row + offs_r, acc.to(v_ptr.dtype.element_ty), mask=r_mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _mbgmv_expand_kernel(
     v_ptr, b_ptr, y_ptr, indptr_ptr, slots_ptr, a_len_ptr, b_start_ptr, b_loc_ptr, scalings_ptr,
     tiles_ptr, num_segments, steps, N, stride_y,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_N: tl.constexpr,
-):  # fmt: skip
+):
     """y[t, tile] += c * v[t, s, :rank] @ gathered b rows: one token, one BLOCK_N column tile."""
     t = tl.program_id(0)
     seg = _find_segment(indptr_ptr, t, num_segments, steps)
@@ -180,15 +185,17 @@ def _mbgmv_expand_kernel(
     yt = tl.load(y_ptrs, mask=n_mask, other=0.0)
     scale = tl.load(scalings_ptr + slot)
     tl.store(y_ptrs, (yt.to(tl.float32) + scale * acc).to(yt.dtype), mask=n_mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _mbgmm_shrink_kernel(
     x_ptr, a_ptr, v_ptr, indptr_ptr, slots_ptr, a_start_ptr, a_len_ptr, a_loc_ptr,
     K, stride_x,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """v[rows, s, rank tile] = x[rows] @ gathered a rows^T (S-LoRA's _shrink_fwd_kernel)."""
     seg = tl.program_id(0)
     slot = tl.load(slots_ptr + seg)
@@ -218,15 +225,17 @@ def _mbgmm_shrink_kernel(
         acc += tl.dot(xt, wt, input_precision=PREC)
     v_ptrs = v_ptr + rows[:, None] * (NUM_SLICES * MAX_RANK) + s * MAX_RANK + offs_r[None, :]
     tl.store(v_ptrs, acc.to(v_ptr.dtype.element_ty), mask=m_mask[:, None] & r_mask[None, :])
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _mbgmm_expand_kernel(
     v_ptr, b_ptr, y_ptr, indptr_ptr, slots_ptr, a_len_ptr, b_start_ptr, b_loc_ptr, scalings_ptr,
     tiles_ptr, N, stride_y,
     NUM_SLICES: tl.constexpr, MAX_RANK: tl.constexpr, BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_RANK: tl.constexpr, PREC: tl.constexpr,
-):  # fmt: skip
+):
     """y[rows, tile] += c * v[rows, s, :rank] @ gathered b rows (S-LoRA's _expand_fwd_kernel)."""
     seg = tl.program_id(0)
     slot = tl.load(slots_ptr + seg)
@@ -254,6 +263,7 @@ def _mbgmm_expand_kernel(
     yt = tl.load(y_ptrs, mask=mask, other=0.0)
     scale = tl.load(scalings_ptr + slot)
     tl.store(y_ptrs, (yt.to(tl.float32) + scale * acc).to(yt.dtype), mask=mask)
+# fmt: on
 
 
 class MBGMVBackend:
@@ -293,17 +303,45 @@ class MBGMVBackend:
         steps = num_segs.bit_length()  # binary-search steps over num_segs + 1 offsets
         r_tiles = triton.cdiv(w.max_rank, GEMV_BLOCK_R) * w.num_slices
         _mbgmv_shrink_kernel[(num_tokens, grid_axis(r_tiles, "rank tiles"))](
-            x, p.a_rows, v, segs.seg_indptr, segs.seg_slots, p.a_start, p.a_len, p.a_loc,
-            num_segs, steps, w.in_features, x.stride(0),
-            NUM_SLICES=w.num_slices, MAX_RANK=w.max_rank, BLOCK_R=GEMV_BLOCK_R,
-            BLOCK_K=GEMV_BLOCK_K, num_warps=GEMV_WARPS,
-        )  # fmt: skip
+            x,
+            p.a_rows,
+            v,
+            segs.seg_indptr,
+            segs.seg_slots,
+            p.a_start,
+            p.a_len,
+            p.a_loc,
+            num_segs,
+            steps,
+            w.in_features,
+            x.stride(0),
+            NUM_SLICES=w.num_slices,
+            MAX_RANK=w.max_rank,
+            BLOCK_R=GEMV_BLOCK_R,
+            BLOCK_K=GEMV_BLOCK_K,
+            num_warps=GEMV_WARPS,
+        )
         _mbgmv_expand_kernel[(num_tokens, grid_axis(p.gemv_tiles.shape[0], "column tiles"))](
-            v, p.b_rows, y, segs.seg_indptr, segs.seg_slots, p.a_len, p.b_start, p.b_loc,
-            w.scalings, p.gemv_tiles, num_segs, steps, w.out_features, y.stride(0),
-            NUM_SLICES=w.num_slices, MAX_RANK=w.max_rank, BLOCK_D=GEMV_BLOCK_D,
-            BLOCK_N=GEMV_BLOCK_N, num_warps=GEMV_WARPS,
-        )  # fmt: skip
+            v,
+            p.b_rows,
+            y,
+            segs.seg_indptr,
+            segs.seg_slots,
+            p.a_len,
+            p.b_start,
+            p.b_loc,
+            w.scalings,
+            p.gemv_tiles,
+            num_segs,
+            steps,
+            w.out_features,
+            y.stride(0),
+            NUM_SLICES=w.num_slices,
+            MAX_RANK=w.max_rank,
+            BLOCK_D=GEMV_BLOCK_D,
+            BLOCK_N=GEMV_BLOCK_N,
+            num_warps=GEMV_WARPS,
+        )
 
     @staticmethod
     def _mbgmm(y: Tensor, x: Tensor, v: Tensor, p: MBGMVPrepared, segs: LoRASegments) -> None:
@@ -313,15 +351,45 @@ class MBGMVBackend:
         m_blocks = grid_axis(triton.cdiv(segs.max_seg_len, GEMM_BLOCK_M), "M blocks")
         r_tiles = triton.cdiv(w.max_rank, GEMM_BLOCK_R) * w.num_slices
         _mbgmm_shrink_kernel[(num_segs, grid_axis(r_tiles, "rank tiles"), m_blocks)](
-            x, p.a_rows, v, segs.seg_indptr, segs.seg_slots, p.a_start, p.a_len, p.a_loc,
-            w.in_features, x.stride(0),
-            NUM_SLICES=w.num_slices, MAX_RANK=w.max_rank, BLOCK_M=GEMM_BLOCK_M,
-            BLOCK_R=GEMM_BLOCK_R, BLOCK_K=GEMM_BLOCK_K, PREC=prec, num_warps=4, num_stages=1,
-        )  # fmt: skip
+            x,
+            p.a_rows,
+            v,
+            segs.seg_indptr,
+            segs.seg_slots,
+            p.a_start,
+            p.a_len,
+            p.a_loc,
+            w.in_features,
+            x.stride(0),
+            NUM_SLICES=w.num_slices,
+            MAX_RANK=w.max_rank,
+            BLOCK_M=GEMM_BLOCK_M,
+            BLOCK_R=GEMM_BLOCK_R,
+            BLOCK_K=GEMM_BLOCK_K,
+            PREC=prec,
+            num_warps=4,
+            num_stages=1,
+        )
         n_tiles = grid_axis(p.gemm_tiles.shape[0], "column tiles")
         _mbgmm_expand_kernel[(num_segs, n_tiles, m_blocks)](
-            v, p.b_rows, y, segs.seg_indptr, segs.seg_slots, p.a_len, p.b_start, p.b_loc,
-            w.scalings, p.gemm_tiles, w.out_features, y.stride(0),
-            NUM_SLICES=w.num_slices, MAX_RANK=w.max_rank, BLOCK_M=GEMM_BLOCK_M,
-            BLOCK_N=GEMM_BLOCK_N, BLOCK_RANK=p.block_rank, PREC=prec, num_warps=4, num_stages=2,
-        )  # fmt: skip
+            v,
+            p.b_rows,
+            y,
+            segs.seg_indptr,
+            segs.seg_slots,
+            p.a_len,
+            p.b_start,
+            p.b_loc,
+            w.scalings,
+            p.gemm_tiles,
+            w.out_features,
+            y.stride(0),
+            NUM_SLICES=w.num_slices,
+            MAX_RANK=w.max_rank,
+            BLOCK_M=GEMM_BLOCK_M,
+            BLOCK_N=GEMM_BLOCK_N,
+            BLOCK_RANK=p.block_rank,
+            PREC=prec,
+            num_warps=4,
+            num_stages=2,
+        )

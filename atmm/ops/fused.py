@@ -25,6 +25,7 @@ import triton.language as tl
 from atmm.ops.expand import slice_tiles
 
 
+# fmt: off
 @triton.jit
 def _fused_kernel(
     x_ptr, a_ptr, b_ptr, y_ptr, seg_indptr_ptr, seg_slots_ptr, ranks_ptr, scalings_ptr,
@@ -32,7 +33,7 @@ def _fused_kernel(
     stride_xt, stride_as, stride_al, stride_ar, stride_bs, stride_br, stride_yt,
     NUM_SLICES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr, N_TILES: tl.constexpr, FP32: tl.constexpr,
-):  # fmt: skip
+):
     seg = tl.program_id(0)
     m0 = tl.program_id(1) * BLOCK_M
     start = tl.load(seg_indptr_ptr + seg)
@@ -82,6 +83,7 @@ def _fused_kernel(
             mask = row_ok[:, None] & col_ok[None, :]
             y = tl.load(y_ptrs, mask=mask, other=0.0)
             tl.store(y_ptrs, (y.to(tl.float32) + scale * acc).to(y.dtype), mask=mask)
+# fmt: on
 
 
 def launch_fused(x, w, y, segs, config: dict) -> None:
@@ -90,11 +92,31 @@ def launch_fused(x, w, y, segs, config: dict) -> None:
     offsets_t, group_starts, num_groups = slice_tiles(w.slice_offsets, block_n * n_tiles, y.device)
     grid = (segs.num_segments, triton.cdiv(segs.max_seg_len, config["BLOCK_M"]), num_groups)
     _fused_kernel[grid](
-        x, w.a, w.b, y, segs.seg_indptr, segs.seg_slots, w.ranks, w.scalings, offsets_t,
-        group_starts, w.in_features, x.stride(0), w.a.stride(0), w.a.stride(1), w.a.stride(2),
-        w.b.stride(0), w.b.stride(1), y.stride(0),
-        NUM_SLICES=w.num_slices, BLOCK_M=config["BLOCK_M"], BLOCK_N=block_n,
-        BLOCK_K=config["BLOCK_K"], BLOCK_R=max(16, triton.next_power_of_2(w.max_rank)),
-        N_TILES=n_tiles, FP32=y.dtype == torch.float32,
-        num_warps=config["num_warps"], num_stages=config["num_stages"],
-    )  # fmt: skip
+        x,
+        w.a,
+        w.b,
+        y,
+        segs.seg_indptr,
+        segs.seg_slots,
+        w.ranks,
+        w.scalings,
+        offsets_t,
+        group_starts,
+        w.in_features,
+        x.stride(0),
+        w.a.stride(0),
+        w.a.stride(1),
+        w.a.stride(2),
+        w.b.stride(0),
+        w.b.stride(1),
+        y.stride(0),
+        NUM_SLICES=w.num_slices,
+        BLOCK_M=config["BLOCK_M"],
+        BLOCK_N=block_n,
+        BLOCK_K=config["BLOCK_K"],
+        BLOCK_R=max(16, triton.next_power_of_2(w.max_rank)),
+        N_TILES=n_tiles,
+        FP32=y.dtype == torch.float32,
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )

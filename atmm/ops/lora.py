@@ -18,13 +18,29 @@ from atmm.types import LoRASegments, LoRAWeights, check_call
 
 
 def shrink_config(x: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> dict:
-    return get_config("shrink", segs.max_seg_len, segs.num_segments, w.in_features,
-                      w.num_slices, w.max_rank, x.dtype, x.device)  # fmt: skip
+    return get_config(
+        "shrink",
+        segs.max_seg_len,
+        segs.num_segments,
+        w.in_features,
+        w.num_slices,
+        w.max_rank,
+        x.dtype,
+        x.device,
+    )
 
 
 def expand_config(y: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> dict:
-    return get_config("expand", segs.max_seg_len, segs.num_segments, w.out_features,
-                      w.num_slices, w.max_rank, y.dtype, y.device)  # fmt: skip
+    return get_config(
+        "expand",
+        segs.max_seg_len,
+        segs.num_segments,
+        w.out_features,
+        w.num_slices,
+        w.max_rank,
+        y.dtype,
+        y.device,
+    )
 
 
 def lora_shrink(
@@ -60,8 +76,16 @@ def lora_expand(
     if v.shape != shape or v.dtype != torch.float32 or not v.is_contiguous():
         raise ValueError(f"v must be a contiguous fp32 tensor of shape {shape}")
     if y.shape[0] and segs.num_segments:
-        launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets,
-                      config or expand_config(y, w, segs))  # fmt: skip
+        launch_expand(
+            v,
+            w.b,
+            y,
+            segs,
+            w.ranks,
+            w.scalings,
+            w.slice_offsets,
+            config or expand_config(y, w, segs),
+        )
     return y
 
 
@@ -71,15 +95,24 @@ def add_lora(y: torch.Tensor, x: torch.Tensor, w: LoRAWeights, segs: LoRASegment
     check_call(x, y, w, segs)  # once: the launches below skip the per-op checks
     if not (x.shape[0] and segs.num_segments):
         return y
-    fused = fused_config(segs.max_seg_len, segs.num_segments, w.in_features, w.out_features,
-                         w.num_slices, w.max_rank, x.dtype, x.device)  # fmt: skip
+    fused = fused_config(
+        segs.max_seg_len,
+        segs.num_segments,
+        w.in_features,
+        w.out_features,
+        w.num_slices,
+        w.max_rank,
+        x.dtype,
+        x.device,
+    )
     if fused is not None:
         launch_fused(x, w, y, segs, fused)
     else:
         v = torch.empty(x.shape[0], w.num_slices, w.max_rank, dtype=torch.float32, device=x.device)
         launch_shrink(x, w.a, v, segs, w.ranks, shrink_config(x, w, segs))
-        launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets,
-                      expand_config(y, w, segs))  # fmt: skip
+        launch_expand(
+            v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets, expand_config(y, w, segs)
+        )
     return y
 
 
@@ -99,8 +132,9 @@ class ATMMBackend:
         add_lora(y, x, w, segs)
 
     # the two halves, for callers that overlap the shrink with other work (another stream)
-    def shrink(self, x: torch.Tensor, w: LoRAWeights, segs: LoRASegments,
-               out: torch.Tensor) -> None:  # fmt: skip
+    def shrink(
+        self, x: torch.Tensor, w: LoRAWeights, segs: LoRASegments, out: torch.Tensor
+    ) -> None:
         lora_shrink(x, w, segs, out=out)
 
     def expand(self, v: torch.Tensor, y: torch.Tensor, w: LoRAWeights, segs: LoRASegments) -> None:

@@ -29,12 +29,17 @@ def _pow2_upto(limit: int) -> list[int]:
 def reachable_buckets(max_tokens: int, max_segments: int) -> list[tuple[int, int]]:
     """(max_seg_len, num_segments) power-of-two buckets that some batch can fall in: a bucket
     (m, s) needs one segment longer than m / 2 and more than s / 2 segments in all."""
-    return [(m, s) for m in _pow2_upto(max_tokens) for s in _pow2_upto(max_segments)
-            if m // 2 + 1 + s // 2 <= max(max_tokens, 1) and s // 2 < max_segments]  # fmt: skip
+    return [
+        (m, s)
+        for m in _pow2_upto(max_tokens)
+        for s in _pow2_upto(max_segments)
+        if m // 2 + 1 + s // 2 <= max(max_tokens, 1) and s // 2 < max_segments
+    ]
 
 
-def distinct_configs(w: LoRAWeights, max_tokens: int, max_segments: int, dtype: torch.dtype,
-                     device: torch.device) -> dict[str, list[dict]]:  # fmt: skip
+def distinct_configs(
+    w: LoRAWeights, max_tokens: int, max_segments: int, dtype: torch.dtype, device: torch.device
+) -> dict[str, list[dict]]:
     """{"shrink": [...], "expand": [...]}: the distinct configs over the reachable buckets."""
     out: dict[str, list[dict]] = {"shrink": [], "expand": []}
     for m, s in reachable_buckets(max_tokens, max_segments):

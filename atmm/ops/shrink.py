@@ -27,11 +27,12 @@ import triton
 import triton.language as tl
 
 
+# fmt: off
 @triton.jit
 def _program_work(
     seg_indptr_ptr, seg_slots_ptr, ranks_ptr, m0, pid2,
     SPLIT_K: tl.constexpr, R_CHUNKS: tl.constexpr, BLOCK_R: tl.constexpr,
-):  # fmt: skip
+):
     """Decode the program ids: (row start, row end, slot, rank, slice, K split, rank chunk start),
     and whether there is work (a real row, an adapter, a rank chunk inside the rank)."""
     seg = tl.program_id(0)
@@ -45,15 +46,17 @@ def _program_work(
     r0 = r_chunk * BLOCK_R
     has_work = (slot >= 0) & (start + m0 < end) & (r0 < rank)
     return start, end, slot, rank, slice_id, split, r0, has_work
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _shrink_tile_kernel(
     x_ptr, a_ptr, v_ptr, seg_indptr_ptr, seg_slots_ptr, ranks_ptr,
     K, k_per_split, stride_xt, stride_as, stride_al, stride_ar, stride_vt, stride_vl,
     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     SPLIT_K: tl.constexpr, R_CHUNKS: tl.constexpr, FP32: tl.constexpr,
-):  # fmt: skip
+):
     m0 = tl.program_id(1) * BLOCK_M
     start, end, slot, rank, slice_id, split, r0, has_work = _program_work(
         seg_indptr_ptr, seg_slots_ptr, ranks_ptr, m0, tl.program_id(2), SPLIT_K, R_CHUNKS, BLOCK_R
@@ -85,15 +88,17 @@ def _shrink_tile_kernel(
             tl.store(v_ptrs + offs_r[None, :], acc, mask=mask)
         else:
             tl.atomic_add(v_ptrs + offs_r[None, :], acc, mask=mask, sem="relaxed")
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _shrink_gemv_kernel(
     x_ptr, a_ptr, v_ptr, seg_indptr_ptr, seg_slots_ptr, ranks_ptr,
     K, k_per_split, stride_xt, stride_as, stride_al, stride_ar, stride_vt, stride_vl,
     BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     SPLIT_K: tl.constexpr, R_CHUNKS: tl.constexpr,
-):  # fmt: skip
+):
     m0 = tl.program_id(1)  # one row per program
     start, end, slot, rank, slice_id, split, r0, has_work = _program_work(
         seg_indptr_ptr, seg_slots_ptr, ranks_ptr, m0, tl.program_id(2), SPLIT_K, R_CHUNKS, BLOCK_R
@@ -119,6 +124,7 @@ def _shrink_gemv_kernel(
             tl.store(v_ptrs, acc, mask=r_ok)
         else:
             tl.atomic_add(v_ptrs, acc, mask=r_ok, sem="relaxed")
+# fmt: on
 
 
 def launch_shrink(x, a, v, segs, ranks, config: dict) -> None:
@@ -130,14 +136,35 @@ def launch_shrink(x, a, v, segs, ranks, config: dict) -> None:
     k_per_split = triton.cdiv(triton.cdiv(K, split_k), block_k) * block_k
     if split_k > 1:
         v.zero_()
-    common = dict(BLOCK_K=block_k, BLOCK_R=block_r, SPLIT_K=split_k, R_CHUNKS=r_chunks,
-                  num_warps=config["num_warps"], num_stages=config["num_stages"])  # fmt: skip
-    args = (x, a, v, segs.seg_indptr, segs.seg_slots, ranks, K, k_per_split, x.stride(0),
-            a.stride(0), a.stride(1), a.stride(2), v.stride(0), v.stride(1))  # fmt: skip
+    common = dict(
+        BLOCK_K=block_k,
+        BLOCK_R=block_r,
+        SPLIT_K=split_k,
+        R_CHUNKS=r_chunks,
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )
+    args = (
+        x,
+        a,
+        v,
+        segs.seg_indptr,
+        segs.seg_slots,
+        ranks,
+        K,
+        k_per_split,
+        x.stride(0),
+        a.stride(0),
+        a.stride(1),
+        a.stride(2),
+        v.stride(0),
+        v.stride(1),
+    )
     third = num_slices * split_k * r_chunks
     if config["path"] == "gemv":
         _shrink_gemv_kernel[(segs.num_segments, segs.max_seg_len, third)](*args, **common)
     else:
         grid = (segs.num_segments, triton.cdiv(segs.max_seg_len, config["BLOCK_M"]), third)
-        _shrink_tile_kernel[grid](*args, BLOCK_M=config["BLOCK_M"],
-                                  FP32=x.dtype == torch.float32, **common)  # fmt: skip
+        _shrink_tile_kernel[grid](
+            *args, BLOCK_M=config["BLOCK_M"], FP32=x.dtype == torch.float32, **common
+        )

@@ -35,8 +35,9 @@ from replay.workload import RequestSpec
 Sender = Callable[[RequestSpec, float], Awaitable[RequestResult]]
 
 
-async def replay(specs: list[RequestSpec], sender: Sender,
-                 progress: bool = True) -> tuple[list[RequestResult], float]:  # fmt: skip
+async def replay(
+    specs: list[RequestSpec], sender: Sender, progress: bool = True
+) -> tuple[list[RequestResult], float]:
     """Every request sent at its arrival time; -> (results in spec order, wall seconds)."""
     start = time.perf_counter()
     bar = tqdm(total=len(specs), desc="requests", unit="req", disable=not progress)
@@ -54,11 +55,18 @@ async def replay(specs: list[RequestSpec], sender: Sender,
 
 def _new_result(spec: RequestSpec, start: float) -> RequestResult:
     return RequestResult(
-        request_id=spec.request_id, adapter=spec.adapter, task=spec.task,
-        scheduled_s=spec.arrival_s, send_s=time.perf_counter() - start, chunk_s=[],
-        end_s=None, prompt_tokens=0, output_tokens=0, num_images=len(spec.image_paths),
+        request_id=spec.request_id,
+        adapter=spec.adapter,
+        task=spec.task,
+        scheduled_s=spec.arrival_s,
+        send_s=time.perf_counter() - start,
+        chunk_s=[],
+        end_s=None,
+        prompt_tokens=0,
+        output_tokens=0,
+        num_images=len(spec.image_paths),
         success=False,
-    )  # fmt: skip
+    )
 
 
 @cache
@@ -70,8 +78,9 @@ def image_data_url(path: str) -> str:
 
 def chat_messages(spec: RequestSpec) -> list[dict]:
     """One user turn: the images first, then the text (Qwen2-VL's usual order)."""
-    parts = [{"type": "image_url", "image_url": {"url": image_data_url(p)}}
-             for p in spec.image_paths]  # fmt: skip
+    parts = [
+        {"type": "image_url", "image_url": {"url": image_data_url(p)}} for p in spec.image_paths
+    ]
     parts.append({"type": "text", "text": spec.prompt})
     return [{"role": "user", "content": parts}]
 
@@ -117,16 +126,21 @@ class HttpSender:
 
     def body(self, spec: RequestSpec) -> dict:
         return {
-            "model": spec.adapter or self.base_model, "messages": chat_messages(spec),
-            "max_tokens": spec.max_tokens, "temperature": 0.0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True},
-        }  # fmt: skip
+            "model": spec.adapter or self.base_model,
+            "messages": chat_messages(spec),
+            "max_tokens": spec.max_tokens,
+            "temperature": 0.0,
+            "ignore_eos": True,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
 
     async def __call__(self, spec: RequestSpec, start: float) -> RequestResult:
         result = _new_result(spec, start)
         try:
-            async with self.client.stream("POST", f"{self.server}/v1/chat/completions",
-                                          json=self.body(spec)) as response:  # fmt: skip
+            async with self.client.stream(
+                "POST", f"{self.server}/v1/chat/completions", json=self.body(spec)
+            ) as response:
                 if response.status_code != 200:
                     detail = (await response.aread()).decode(errors="replace")
                     raise RuntimeError(f"HTTP {response.status_code}: {detail[:300]}")
@@ -149,10 +163,18 @@ def stats_from_prometheus(text: str) -> dict:
     """``valora.engine_stats`` snapshot fields from the exposition text (counters by mode)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    stats: dict = {"steps": {}, "step_seconds": {}, "step_tokens": {}, "switches": 0,
-                   "switch_seconds": 0.0}  # fmt: skip
-    by_mode = {"valora_steps": "steps", "valora_step_seconds": "step_seconds",
-               "valora_step_tokens": "step_tokens"}  # fmt: skip
+    stats: dict = {
+        "steps": {},
+        "step_seconds": {},
+        "step_tokens": {},
+        "switches": 0,
+        "switch_seconds": 0.0,
+    }
+    by_mode = {
+        "valora_steps": "steps",
+        "valora_step_seconds": "step_seconds",
+        "valora_step_tokens": "step_tokens",
+    }
     totals = {"valora_mode_switches": "switches", "valora_switch_seconds": "switch_seconds"}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -227,8 +249,12 @@ class EngineSender:
     async def __call__(self, spec: RequestSpec, start: float) -> RequestResult:
         from valora.sampling_params import RequestOutputKind, SamplingParams
 
-        params = SamplingParams(temperature=0.0, max_tokens=spec.max_tokens, ignore_eos=True,
-                                output_kind=RequestOutputKind.DELTA)  # fmt: skip
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=spec.max_tokens,
+            ignore_eos=True,
+            output_kind=RequestOutputKind.DELTA,
+        )
         result = _new_result(spec, start)
         try:
             prompt = await asyncio.to_thread(self.prompt, spec)

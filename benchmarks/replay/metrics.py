@@ -272,8 +272,9 @@ def engine_stats_delta(before: dict | None, after: dict | None) -> dict | None:
         out[key] = {m: after[key].get(m, 0) - before[key].get(m, 0) for m in after[key]}
     for key in ("switches", "switch_seconds"):
         out[key] = after[key] - before[key]
-    out["mean_step_ms"] = {m: 1e3 * out["step_seconds"][m] / n
-                           for m, n in out["steps"].items() if n}  # fmt: skip
+    out["mean_step_ms"] = {
+        m: 1e3 * out["step_seconds"][m] / n for m, n in out["steps"].items() if n
+    }
     switches = out["switches"]
     out["mean_switch_ms"] = 1e3 * out["switch_seconds"] / switches if switches else None
     return out
@@ -282,15 +283,22 @@ def engine_stats_delta(before: dict | None, after: dict | None) -> dict | None:
 def format_engine_stats(stats: dict | None) -> str:
     if not stats:
         return "engine: no step totals (the server has no /metrics)"
-    modes = ", ".join(f"{m} {int(n)} steps ({stats['mean_step_ms'][m]:.1f} ms)"
-                      for m, n in stats["steps"].items() if n)  # fmt: skip
-    switch = (f", {int(stats['switches'])} switches ({stats['mean_switch_ms']:.1f} ms)"
-              if stats["switches"] else "")  # fmt: skip
+    modes = ", ".join(
+        f"{m} {int(n)} steps ({stats['mean_step_ms'][m]:.1f} ms)"
+        for m, n in stats["steps"].items()
+        if n
+    )
+    switch = (
+        f", {int(stats['switches'])} switches ({stats['mean_switch_ms']:.1f} ms)"
+        if stats["switches"]
+        else ""
+    )
     return f"engine: {modes or 'no steps'}{switch}"
 
 
-def write_jsonl(path: str | Path, results: Iterable[RequestResult], summary: dict,
-                header: dict) -> None:  # fmt: skip
+def write_jsonl(
+    path: str | Path, results: Iterable[RequestResult], summary: dict, header: dict
+) -> None:
     """One line per request, then ``{"summary": summary, **header}`` (the run's description:
     command, GPU, versions)."""
     with open(path, "w") as f:

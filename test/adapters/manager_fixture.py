@@ -10,8 +10,9 @@ from valora.config import LoRAConfig
 from valora.weights import load_model
 
 
-def dummy_manager(device: str = "cpu", dtype: torch.dtype = torch.float32,
-                  ranks: tuple[int, ...] = (8, 16, 32)) -> LoRAManager:  # fmt: skip
+def dummy_manager(
+    device: str = "cpu", dtype: torch.dtype = torch.float32, ranks: tuple[int, ...] = (8, 16, 32)
+) -> LoRAManager:
     """Adapters lora0.. of ``ranks`` (seeds 1..), merging enabled, the torch LoRA backend."""
     model = load_model("tiny", dtype, device)
     manager = LoRAManager(model, LoRAConfig(), "torch", True, dtype, device)

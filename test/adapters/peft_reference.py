@@ -16,14 +16,18 @@ VISION = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "merger.mlp.0", "merger
 # four adapters of different ranks, scalings and targets; two train the vision tower too
 ADAPTERS = {
     "r8-all": dict(r=8, lora_alpha=16, target_modules=LM),
-    "r16-qv-down-rslora": dict(r=16, lora_alpha=8, use_rslora=True,
-                               target_modules=["q_proj", "v_proj", "down_proj"]),
+    "r16-qv-down-rslora": dict(
+        r=16, lora_alpha=8, use_rslora=True, target_modules=["q_proj", "v_proj", "down_proj"]
+    ),
     "r4-lm-vision": dict(r=4, lora_alpha=4, target_modules=LM + VISION),
-    "r32-pattern-vision": dict(r=32, lora_alpha=64, rank_pattern={"up_proj": 8},
-                               alpha_pattern={"up_proj": 4},
-                               target_modules=["o_proj", "gate_proj", "up_proj", "attn.qkv",
-                                               "mlp.fc1"]),
-}  # fmt: skip
+    "r32-pattern-vision": dict(
+        r=32,
+        lora_alpha=64,
+        rank_pattern={"up_proj": 8},
+        alpha_pattern={"up_proj": 4},
+        target_modules=["o_proj", "gate_proj", "up_proj", "attn.qkv", "mlp.fc1"],
+    ),
+}
 MAX_NEW = 6
 
 
@@ -35,8 +39,9 @@ def build_references(root: Path, prompts: list[str], adapters: dict = ADAPTERS):
     dirs = {}
     for i, (name, options) in enumerate(adapters.items()):
         torch.manual_seed(100 + i)
-        peft_model = get_peft_model(copy.deepcopy(hf), LoraConfig(init_lora_weights=False,
-                                                                  **options))  # fmt: skip
+        peft_model = get_peft_model(
+            copy.deepcopy(hf), LoraConfig(init_lora_weights=False, **options)
+        )
         dirs[name] = root / name
         peft_model.save_pretrained(dirs[name])
         models[name] = peft_model.eval()

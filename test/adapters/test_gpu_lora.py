@@ -36,9 +36,17 @@ def refs(tmp_path_factory):
 )
 def test_gpu_lora_matches_peft(refs, scheduler, options, eager):
     ckpt, dirs, expected = refs
-    llm = LLM(ckpt, device="cuda", dtype="float32", lora_modules=dirs, scheduler=scheduler,
-              policy_options=options, enforce_eager=eager, max_num_seqs=32,
-              num_token=4096)  # fmt: skip
+    llm = LLM(
+        ckpt,
+        device="cuda",
+        dtype="float32",
+        lora_modules=dirs,
+        scheduler=scheduler,
+        policy_options=options,
+        enforce_eager=eager,
+        max_num_seqs=32,
+        num_token=4096,
+    )
     graphs = getattr(llm.engine.runner.forward, "graphs", None)
     if not eager and scheduler in ("fcfs", "punica", "valora"):
         assert graphs is not None and "unmerged" in graphs.variants

@@ -24,10 +24,12 @@ def run_mixed(llm: LLM, prompts: list[str]):
     """Every (adapter, prompt) pair in one generate call: one mixed batch."""
     pairs = [(a, p) for p in prompts for a in NAMES]
     inputs = [
-        {"prompt": llm.tokenizer.apply_chat_template(CONVERSATIONS[p][0]),
-         "multi_modal_data": {"image": conversation_images(p)}}
+        {
+            "prompt": llm.tokenizer.apply_chat_template(CONVERSATIONS[p][0]),
+            "multi_modal_data": {"image": conversation_images(p)},
+        }
         for _, p in pairs
-    ]  # fmt: skip
+    ]
     outputs = llm.generate(inputs, GREEDY, lora=[a for a, _ in pairs], use_tqdm=False)
     return {pair: out.outputs[0].token_ids for pair, out in zip(pairs, outputs)}
 
@@ -58,8 +60,14 @@ def assert_clean(llm: LLM) -> None:
 )
 def test_policies_and_modes_match_peft(refs, scheduler, options):
     ckpt, dirs, expected = refs
-    llm = LLM(ckpt, device="cpu", lora_modules=dirs, scheduler=scheduler,
-              policy_options=options, max_num_batched_tokens=256)  # fmt: skip
+    llm = LLM(
+        ckpt,
+        device="cpu",
+        lora_modules=dirs,
+        scheduler=scheduler,
+        policy_options=options,
+        max_num_batched_tokens=256,
+    )
     assert_matches(run_mixed(llm, list(CONVERSATIONS)), expected)
     assert_clean(llm)
     if options.get("force_mode") in ("merged", "mixture") or scheduler == "dlora":
@@ -79,8 +87,16 @@ def test_eviction_under_a_tiny_pool_loses_nothing(refs):
     """Room for one rank-32 adapter at a time: adapters are evicted and reloaded as requests
     of the others come and go; every request still gets its own adapter's tokens."""
     ckpt, dirs, expected = refs
-    llm = LLM(ckpt, device="cpu", lora_modules=dirs, max_loras=1, max_lora_rank=32,
-              max_cpu_loras=1, lora_backend="torch", max_num_seqs=3)  # fmt: skip
+    llm = LLM(
+        ckpt,
+        device="cpu",
+        lora_modules=dirs,
+        max_loras=1,
+        max_lora_rank=32,
+        max_cpu_loras=1,
+        lora_backend="torch",
+        max_num_seqs=3,
+    )
     assert_matches(run_mixed(llm, ["text", "one_image"]), expected)
     snap = llm.engine.snapshot()
     assert snap.pool_evictions > 0 and snap.pool_loads > len(ADAPTERS)
@@ -93,8 +109,15 @@ def test_one_vision_pass_encodes_the_images_of_several_adapters(refs, mode, monk
     """The step's image requests share one vision pass (segments per request, each with its
     own adapter, corrected in mixture mode) and still match HF + PEFT per adapter."""
     ckpt, dirs, expected = refs
-    llm = LLM(ckpt, device="cpu", lora_modules=dirs, scheduler="valora", lora_backend="torch",
-              policy_options={"force_mode": mode}, max_num_batched_tokens=4096)  # fmt: skip
+    llm = LLM(
+        ckpt,
+        device="cpu",
+        lora_modules=dirs,
+        scheduler="valora",
+        lora_backend="torch",
+        policy_options={"force_mode": mode},
+        max_num_batched_tokens=4096,
+    )
     model, passes = llm.engine.model, []
     encode = model.encode_images
 

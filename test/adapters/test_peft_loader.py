@@ -25,12 +25,20 @@ LM = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj
 VISION = ["attn.qkv", "attn.proj", "fc1", "fc2", "merger.mlp.0", "merger.mlp.2"]
 # PEFT module suffix -> (our target, slice index)
 SLICES = {
-    "q_proj": ("qkv_proj", 0), "k_proj": ("qkv_proj", 1), "v_proj": ("qkv_proj", 2),
-    "o_proj": ("o_proj", 0), "gate_proj": ("gate_up_proj", 0), "up_proj": ("gate_up_proj", 1),
-    "down_proj": ("down_proj", 0), "attn.qkv": ("visual.qkv", 0),
-    "attn.proj": ("visual.proj", 0), "fc1": ("visual.fc1", 0), "fc2": ("visual.fc2", 0),
-    "merger.mlp.0": ("merger.0", 0), "merger.mlp.2": ("merger.2", 0),
-}  # fmt: skip
+    "q_proj": ("qkv_proj", 0),
+    "k_proj": ("qkv_proj", 1),
+    "v_proj": ("qkv_proj", 2),
+    "o_proj": ("o_proj", 0),
+    "gate_proj": ("gate_up_proj", 0),
+    "up_proj": ("gate_up_proj", 1),
+    "down_proj": ("down_proj", 0),
+    "attn.qkv": ("visual.qkv", 0),
+    "attn.proj": ("visual.proj", 0),
+    "fc1": ("visual.fc1", 0),
+    "fc2": ("visual.fc2", 0),
+    "merger.mlp.0": ("merger.0", 0),
+    "merger.mlp.2": ("merger.2", 0),
+}
 Q0 = "base_model.model.model.language_model.layers.0.self_attn.q_proj"
 
 
@@ -122,13 +130,15 @@ CASES = {
     "plain": dict(r=8, lora_alpha=16, target_modules=LM + VISION),
     "rslora": dict(r=8, lora_alpha=16, use_rslora=True, target_modules=LM),
     "patterns": dict(
-        r=8, lora_alpha=16, target_modules=LM,
+        r=8,
+        lora_alpha=16,
+        target_modules=LM,
         rank_pattern={"q_proj": 4, "down_proj": 2},
         alpha_pattern={"v_proj": 5, "layers.1.mlp.up_proj": 3},
     ),
     "q_and_v": dict(r=4, lora_alpha=4, target_modules=["q_proj", "v_proj"]),
     "vision_only": dict(r=4, lora_alpha=12, target_modules=VISION),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -194,23 +204,35 @@ def _layer_out_of_range(t: dict) -> dict:
 
 TENSOR_EDITS = {
     "modules_to_save copy": (
-        _set("base_model.model.lm_head.weight", torch.zeros(2, 2)), "modules_to_save"),
-    "shape": (_set(f"{Q0}.lora_A.weight", torch.randn(4, 65)),
-              r"q_proj.lora_A: shape \(4, 65\) .* expected \(4, 64\)"),
+        _set("base_model.model.lm_head.weight", torch.zeros(2, 2)),
+        "modules_to_save",
+    ),
+    "shape": (
+        _set(f"{Q0}.lora_A.weight", torch.randn(4, 65)),
+        r"q_proj.lora_A: shape \(4, 65\) .* expected \(4, 64\)",
+    ),
     "nan": (_nan, r"q_proj.lora_B contains NaN"),
     "unsupported target": (
-        lambda t: t.update({"base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64),
-                            "base_model.model.lm_head.lora_B.weight": torch.zeros(8, 4)}),
-        r"'lm_head' is not a supported LoRA target; supported modules: .*self_attn.q_proj"),
+        lambda t: t.update(
+            {
+                "base_model.model.lm_head.lora_A.weight": torch.zeros(4, 64),
+                "base_model.model.lm_head.lora_B.weight": torch.zeros(8, 4),
+            }
+        ),
+        r"'lm_head' is not a supported LoRA target; supported modules: .*self_attn.q_proj",
+    ),
     "missing lora_B": (_drop(f"{Q0}.lora_B.weight"), "has lora_A but no lora_B"),
-    "A/B rank": (_set(f"{Q0}.lora_B.weight", torch.zeros(64, 3)),
-                 "lora_A rank 4 != lora_B rank 3"),
+    "A/B rank": (_set(f"{Q0}.lora_B.weight", torch.zeros(64, 3)), "lora_A rank 4 != lora_B rank 3"),
     "layer": (_layer_out_of_range, "layer 7 out of range"),
-    "embedding": (_set("base_model.model.model.language_model.embed_tokens.lora_embedding_A",
-                       torch.zeros(4, 8)), "embedding LoRA"),
+    "embedding": (
+        _set(
+            "base_model.model.model.language_model.embed_tokens.lora_embedding_A", torch.zeros(4, 8)
+        ),
+        "embedding LoRA",
+    ),
     "dora key": (_set(f"{Q0}.lora_magnitude_vector", torch.ones(64)), "DoRA"),
     "lora bias": (_set(f"{Q0}.lora_B.bias", torch.zeros(64)), "biases are not supported"),
-}  # fmt: skip
+}
 CONFIG_EDITS = {
     "modules_to_save": (_set("modules_to_save", ["lm_head"]), "modules_to_save"),
     "rank_pattern": (_set("rank_pattern", {"q_proj": 2}), "rank 2 .* disagrees .* rank 4"),

@@ -14,8 +14,13 @@ from valora.sampling_params import SamplingParams
 
 def req(adapter: str | None, prompt_len: int = 8, max_tokens: int = 64, age: float = 0.0):
     params = SamplingParams(max_tokens=max_tokens)
-    r = Request(f"{adapter}-{time.perf_counter_ns()}", [1] * prompt_len, params,
-                adapter_id=adapter, adapter_version=1)  # fmt: skip
+    r = Request(
+        f"{adapter}-{time.perf_counter_ns()}",
+        [1] * prompt_len,
+        params,
+        adapter_id=adapter,
+        adapter_version=1,
+    )
     r.arrival_time = time.monotonic() - age
     return r
 

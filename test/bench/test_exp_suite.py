@@ -33,17 +33,34 @@ def test_sweeps_cover_skewness_adapter_counts_to_1000_and_rank_mixes():
     ranks = {r["server"]["dummy-ranks"] for r in exp_suite.SUITES["rank-mix"]}
     assert "8 16 32 64" in ranks
     assert exp_suite._flags({"dummy-ranks": "8 16", "policy": "valora"}) == [
-        "--dummy-ranks", "8", "16", "--policy", "valora"]  # fmt: skip
+        "--dummy-ranks",
+        "8",
+        "16",
+        "--policy",
+        "valora",
+    ]
 
 
 def test_a_suite_run_starts_its_server_and_writes_the_result(tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(sys.path))
     exp_suite.run_suite(
-        "fig14", str(tmp_path), ["--model-setting", "tiny", "--device", "cpu",
-                                 "--num-token", "8192", "--lora-backend", "torch"],
-        ["--duration", "2", "--max_output_tokens", "4"], policies=["punica"],
-        match="_vat_2", warmup_s=1,
-    )  # fmt: skip
+        "fig14",
+        str(tmp_path),
+        [
+            "--model-setting",
+            "tiny",
+            "--device",
+            "cpu",
+            "--num-token",
+            "8192",
+            "--lora-backend",
+            "torch",
+        ],
+        ["--duration", "2", "--max_output_tokens", "4"],
+        policies=["punica"],
+        match="_vat_2",
+        warmup_s=1,
+    )
     lines = (tmp_path / "punica_vat_2.jsonl").read_text().splitlines()
     record = json.loads(lines[-1])
     assert record["label"] == "punica_vat_2" and record["summary"]["failed"] == 0

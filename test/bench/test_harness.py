@@ -27,8 +27,11 @@ def test_provenance_records_gpu_versions_commit_and_command():
     record = harness.provenance(["benchmarks/x.py", "--engine_args", "--a 1"])
     assert set(record) == {"gpu", "versions", "git_commit", "command"}
     assert shlex.split(record["command"]) == [
-        sys.executable, "benchmarks/x.py", "--engine_args", "--a 1"
-    ]  # fmt: skip
+        sys.executable,
+        "benchmarks/x.py",
+        "--engine_args",
+        "--a 1",
+    ]
     assert {"python", "torch", "triton", "transformers"} <= set(record["versions"])
     commit = record["git_commit"]
     assert commit is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", commit)

@@ -23,10 +23,19 @@ DURATION_S = 10.0
 
 def _result(request_id, task, send_s, chunk_s, end_s, prompt, output, images, success=True):
     return RequestResult(
-        request_id=request_id, adapter="a1", task=task, scheduled_s=send_s, send_s=send_s,
-        chunk_s=chunk_s, end_s=end_s, prompt_tokens=prompt, output_tokens=output,
-        num_images=images, success=success, error="" if success else "HTTP 500",
-    )  # fmt: skip
+        request_id=request_id,
+        adapter="a1",
+        task=task,
+        scheduled_s=send_s,
+        send_s=send_s,
+        chunk_s=chunk_s,
+        end_s=end_s,
+        prompt_tokens=prompt,
+        output_tokens=output,
+        num_images=images,
+        success=success,
+        error="" if success else "HTTP 500",
+    )
 
 
 def _workload() -> list[RequestResult]:
@@ -208,12 +217,20 @@ def test_format_summary_key_lines():
 
 
 def test_engine_stats_delta_and_line():
-    before = {"steps": {"unmerged": 10, "merged": 0}, "step_seconds": {"unmerged": 0.5,
-              "merged": 0.0}, "step_tokens": {"unmerged": 100, "merged": 0}, "switches": 1,
-              "switch_seconds": 0.01}  # fmt: skip
-    after = {"steps": {"unmerged": 14, "merged": 2}, "step_seconds": {"unmerged": 0.7,
-             "merged": 0.06}, "step_tokens": {"unmerged": 120, "merged": 8}, "switches": 3,
-             "switch_seconds": 0.05}  # fmt: skip
+    before = {
+        "steps": {"unmerged": 10, "merged": 0},
+        "step_seconds": {"unmerged": 0.5, "merged": 0.0},
+        "step_tokens": {"unmerged": 100, "merged": 0},
+        "switches": 1,
+        "switch_seconds": 0.01,
+    }
+    after = {
+        "steps": {"unmerged": 14, "merged": 2},
+        "step_seconds": {"unmerged": 0.7, "merged": 0.06},
+        "step_tokens": {"unmerged": 120, "merged": 8},
+        "switches": 3,
+        "switch_seconds": 0.05,
+    }
     delta = engine_stats_delta(before, after)
     assert delta["steps"] == {"unmerged": 4, "merged": 2}
     assert delta["step_tokens"] == {"unmerged": 20, "merged": 8}

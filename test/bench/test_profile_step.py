@@ -10,12 +10,34 @@ import profile_step
 
 def test_profile_step_pins_each_mode_and_times_every_forward(tmp_path):
     out = tmp_path / "profile.json"
-    engine_args = ("--model-setting tiny --device cpu --num-adapter 2 --lora-backend torch "
-                   "--scheduler valora --no-prefix-caching --num-token 8192")  # fmt: skip
-    profile_step.main(["--engine_args", engine_args, "--adapters", "lora0", "lora1", "base",
-                       "--task", "vqa", "vat", "--modes", "mixture", "unmerged", "--rounds", "2",
-                       "--top", "3",
-                       "--max-output-tokens", "3", "--out", str(out)])  # fmt: skip
+    engine_args = (
+        "--model-setting tiny --device cpu --num-adapter 2 --lora-backend torch "
+        "--scheduler valora --no-prefix-caching --num-token 8192"
+    )
+    profile_step.main(
+        [
+            "--engine_args",
+            engine_args,
+            "--adapters",
+            "lora0",
+            "lora1",
+            "base",
+            "--task",
+            "vqa",
+            "vat",
+            "--modes",
+            "mixture",
+            "unmerged",
+            "--rounds",
+            "2",
+            "--top",
+            "3",
+            "--max-output-tokens",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert set(result["tasks"]) == {"vqa", "vat"}
     for task_modes in result["tasks"].values():

@@ -16,9 +16,25 @@ from server_fixture import running_server  # noqa: E402
 
 
 def replay_args(out, *extra: str) -> list[str]:
-    return ["--num_adapters", "4", "--skewness", "0.5", "--req_rate", "2", "--arrival",
-            "poisson", "--duration", "20", "--max_output_tokens", "8", "--seed", "3",
-            "--out", str(out), *extra]  # fmt: skip
+    return [
+        "--num_adapters",
+        "4",
+        "--skewness",
+        "0.5",
+        "--req_rate",
+        "2",
+        "--arrival",
+        "poisson",
+        "--duration",
+        "20",
+        "--max_output_tokens",
+        "8",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def read(path) -> tuple[list[dict], dict]:
@@ -54,13 +70,13 @@ def test_twenty_second_replay_against_the_tiny_server(tmp_path):
 
 def test_vat_replay_on_the_in_process_engine(tmp_path):
     out = tmp_path / "vat.jsonl"
-    engine_args = ("--model-setting tiny --device cpu --num-adapter 4 --num-token 8192 "
-                   "--lora-backend torch")  # fmt: skip
+    engine_args = (
+        "--model-setting tiny --device cpu --num-adapter 4 --num-token 8192 --lora-backend torch"
+    )
     run_exp.main(replay_args(out, "--task", "vat", "--debug", "--engine_args", engine_args))
     requests, record = read(out)
     assert len(requests) == 8  # --debug
-    assert all(r["success"] and r["num_images"] == 6 and r["output_tokens"] == 1
-               for r in requests)  # fmt: skip
+    assert all(r["success"] and r["num_images"] == 6 and r["output_tokens"] == 1 for r in requests)
     assert record["summary"]["completed"] == 8
     stats = record["engine_stats"]  # from the engine itself; a prefill computes >= 1 token
     assert sum(stats["steps"].values()) >= 1 and sum(stats["step_tokens"].values()) >= 8

@@ -13,8 +13,21 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_a_short_soak_passes_with_nothing_leaked(tmp_path):
     out = tmp_path / "soak.json"
-    subprocess.run([sys.executable, "benchmarks/soak.py", "--duration", "6", "--concurrency", "6",
-                    "--out", str(out)], cwd=ROOT, check=True, timeout=600)  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/soak.py",
+            "--duration",
+            "6",
+            "--concurrency",
+            "6",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+    )
     result = json.loads(out.read_text())
     assert result["passed"] and result["health"] == 200 and not result["failures"]
     assert not any(result["after"].values())

@@ -10,8 +10,12 @@ from valora.sampling_params import SamplingParams
 
 def _request(*image_tokens: int) -> Request:
     spans = [ImageSpan(0, n, "", i) for i, n in enumerate(image_tokens)]
-    return Request(request_id="r", prompt_token_ids=[0] * sum(image_tokens),
-                   sampling_params=SamplingParams(), image_spans=spans)  # fmt: skip
+    return Request(
+        request_id="r",
+        prompt_token_ids=[0] * sum(image_tokens),
+        sampling_params=SamplingParams(),
+        image_spans=spans,
+    )
 
 
 def test_groups_fill_the_budget_in_order_and_a_large_request_goes_alone():

@@ -16,8 +16,9 @@ POISON = "poison pill"
 
 
 def new_llm(**kwargs) -> LLM:
-    options = dict(device="cpu", num_token=2048, num_dummy_adapters=4, lora_backend="torch",
-                   max_model_len=256)  # fmt: skip
+    options = dict(
+        device="cpu", num_token=2048, num_dummy_adapters=4, lora_backend="torch", max_model_len=256
+    )
     return LLM("tiny", **{**options, **kwargs})
 
 
@@ -101,10 +102,13 @@ def test_max_tokens_none_on_an_adapter_under_the_valora_policy():
     assert_nothing_held(engine)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(seed=2**64), "seed"),
-    (dict(seed=-(2**63) - 1), "seed"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(seed=2**64), "seed"),
+        (dict(seed=-(2**63) - 1), "seed"),
+    ],
+)
 def test_out_of_range_values_are_refused_at_construction(bad, message):
     with pytest.raises(ValueError, match=message):
         SamplingParams(**bad)
@@ -125,8 +129,7 @@ def test_a_pool_of_one_adapter_with_merges_serves_every_request(clean_tokens, mo
     """--max-loras 1 (rows for one rank-64 adapter): pinning the merged adapter must never need
     room the pool does not have; every request finishes with the unmerged run's tokens."""
     adapters, expected = clean_tokens
-    engine = new_llm(scheduler="valora", max_loras=1,
-                     policy_options={"force_mode": mode}).engine  # fmt: skip
+    engine = new_llm(scheduler="valora", max_loras=1, policy_options={"force_mode": mode}).engine
     finals = run(engine, PROMPTS, adapters)
     assert all(out.error is None for out in finals.values())
     assert {rid: out.outputs[0].token_ids for rid, out in finals.items()} == expected
@@ -151,8 +154,13 @@ def test_isolation_and_small_pools_on_the_gpu(mode):
     """The same on CUDA with the Triton kernels and decode graphs: a poisoned request fails
     alone (its batch re-run one request at a time, graph replays included), and a one-adapter
     pool with merges serves every request with the clean run's tokens."""
-    options = dict(device="cuda", dtype=torch.float32, lora_backend=None, scheduler="valora",
-                   policy_options={"force_mode": mode})  # fmt: skip
+    options = dict(
+        device="cuda",
+        dtype=torch.float32,
+        lora_backend=None,
+        scheduler="valora",
+        policy_options={"force_mode": mode},
+    )
     adapters = ["lora0", "lora1", None, "lora2", "lora3", "lora0"]
     clean = new_llm(**options).engine
     expected = {rid: o.outputs[0].token_ids for rid, o in run(clean, PROMPTS, adapters).items()}
@@ -183,8 +191,12 @@ def test_a_request_failing_after_it_finished_is_released_once():
 
     engine.outputs.finish = faulty
     params = SamplingParams(temperature=0, max_tokens=2, ignore_eos=True)
-    engine.add_request("r1", "a longer running request", SamplingParams(
-        temperature=0, max_tokens=8, ignore_eos=True), "lora0")  # fmt: skip
+    engine.add_request(
+        "r1",
+        "a longer running request",
+        SamplingParams(temperature=0, max_tokens=8, ignore_eos=True),
+        "lora0",
+    )
     engine.add_request("r0", "short", params, "lora0")
     finals = {}
     while engine.has_unfinished():

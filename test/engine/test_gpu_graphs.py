@@ -27,8 +27,14 @@ def test_capture_sizes():
 @pytest.mark.gpu
 @pytest.mark.parametrize("num_seqs", [1, 3, 16, 17, 40])
 def test_graph_logits_match_eager(num_seqs):
-    llm = LLM("qwen2-vl-2b", device="cuda", dtype="bfloat16", num_token=40 * 600,
-              max_num_seqs=40, max_model_len=4096)  # fmt: skip
+    llm = LLM(
+        "qwen2-vl-2b",
+        device="cuda",
+        dtype="bfloat16",
+        num_token=40 * 600,
+        max_num_seqs=40,
+        max_model_len=4096,
+    )
     engine = llm.engine
     assert isinstance(engine.runner.forward, GraphForward)
     gen = torch.Generator().manual_seed(num_seqs)
@@ -72,8 +78,14 @@ def test_kv_cache_sized_from_the_memory_fraction():
     gc.collect()  # engines of earlier tests give their memory back first
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info()
-    llm = LLM("qwen2-vl-2b", device="cuda", dtype="bfloat16", gpu_memory_utilization=0.5,
-              max_num_seqs=8, max_model_len=4096)  # fmt: skip
+    llm = LLM(
+        "qwen2-vl-2b",
+        device="cuda",
+        dtype="bfloat16",
+        gpu_memory_utilization=0.5,
+        max_num_seqs=8,
+        max_model_len=4096,
+    )
     cache = llm.engine.runner.kv_cache
     kv_bytes = 2 * cache.k.numel() * cache.k.element_size()
     weight_bytes = sum(p.numel() * p.element_size() for p in llm.engine.model.parameters())

@@ -78,8 +78,9 @@ def test_delta_outputs_concatenate_to_the_cumulative_output(stop):
 
 
 def test_final_only_reports_once_with_logprobs():
-    request, outputs, status = _run("a b c d", max_tokens=3, logprobs=1,
-                                    output_kind=RequestOutputKind.FINAL_ONLY)  # fmt: skip
+    request, outputs, status = _run(
+        "a b c d", max_tokens=3, logprobs=1, output_kind=RequestOutputKind.FINAL_ONLY
+    )
     assert status is RequestStatus.FINISHED_LENGTH and len(outputs) == 1
     completion = outputs[0].outputs[0]
     assert completion.token_ids == request.output_token_ids and len(completion.token_ids) == 3
@@ -88,14 +89,16 @@ def test_final_only_reports_once_with_logprobs():
 
 def test_stop_string_end_to_end():
     llm = LLM("tiny", device="cpu")
-    greedy = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True,
-                            skip_special_tokens=False)  # fmt: skip
+    greedy = SamplingParams(
+        temperature=0, max_tokens=24, ignore_eos=True, skip_special_tokens=False
+    )
     full = llm.generate("Once upon a time", greedy, use_tqdm=False)[0].outputs[0].text
     assert len(full) > 8
     stop = full[len(full) // 2 : len(full) // 2 + 3]
     cut = full[: full.index(stop)]
-    params = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True, stop=[stop],
-                            skip_special_tokens=False)  # fmt: skip
+    params = SamplingParams(
+        temperature=0, max_tokens=24, ignore_eos=True, stop=[stop], skip_special_tokens=False
+    )
     out = llm.generate("Once upon a time", params, use_tqdm=False)[0].outputs[0]
     assert out.text == cut and out.finish_reason == "stop" and out.stop_reason == stop
     assert llm.engine.snapshot().is_idle

@@ -140,10 +140,16 @@ def _penalty_case(seed: int) -> tuple[torch.Tensor, list, list, list]:
                 presence_penalty=[0.0, 1.0, -1.0][i % 3],
             )
         )
-        prompts.append(torch.randint(0, vocab, (int(torch.randint(0, 16, (1,), generator=g)),),
-                                     generator=g).tolist())  # fmt: skip
-        outputs.append(torch.randint(0, vocab, (int(torch.randint(0, 16, (1,), generator=g)),),
-                                     generator=g).tolist())  # fmt: skip
+        prompts.append(
+            torch.randint(
+                0, vocab, (int(torch.randint(0, 16, (1,), generator=g)),), generator=g
+            ).tolist()
+        )
+        outputs.append(
+            torch.randint(
+                0, vocab, (int(torch.randint(0, 16, (1,), generator=g)),), generator=g
+            ).tolist()
+        )
     return logits, params, prompts, outputs
 
 
@@ -175,8 +181,13 @@ def test_penalised_logits_match_reference_exactly() -> None:
 def test_unused_stages_are_skipped() -> None:
     batch = SamplingBatch.build(
         [SamplingParams(temperature=0, top_p=0.5, top_k=3, min_p=0.1), SamplingParams()],
-        [[1, 2], [3]], [[4], []], [None, None], EOS, 50, "cpu",
-    )  # fmt: skip
+        [[1, 2], [3]],
+        [[4], []],
+        [None, None],
+        EOS,
+        50,
+        "cpu",
+    )
     assert batch.seen_mask is None and batch.output_counts is None and batch.ban_rows is None
     assert batch.top_k is None and batch.top_p is None and batch.log_min_p is None
     assert batch.temperature is None and batch.max_num_logprobs is None
@@ -242,8 +253,12 @@ def _seeded_steps(seed: int, companions: int, steps: int = 6) -> list[int]:
     rows = [torch.randn(steps, 1000, generator=data) for _ in range(1 + companions)]
     p = SamplingParams(top_p=0.95, temperature=1.2, seed=seed)
     generator = make_generator(seed, "cpu")
-    others = [SamplingParams(seed=5), SamplingParams(), SamplingParams(temperature=0),
-              SamplingParams(top_k=50, min_p=0.1)]  # fmt: skip
+    others = [
+        SamplingParams(seed=5),
+        SamplingParams(),
+        SamplingParams(temperature=0),
+        SamplingParams(top_k=50, min_p=0.1),
+    ]
     tokens = []
     for s in range(steps):
         params = [p] if companions == 0 else [others[0], p] + others[1:companions]
@@ -269,8 +284,10 @@ def test_different_seeds_differ_on_flat_logits() -> None:
 
     def steps(seed: int) -> list[int]:
         gen = make_generator(seed, "cpu")
-        return [int(run(logits, [SamplingParams(seed=seed)], generators=[gen]).token_ids[0])
-                for _ in range(4)]  # fmt: skip
+        return [
+            int(run(logits, [SamplingParams(seed=seed)], generators=[gen]).token_ids[0])
+            for _ in range(4)
+        ]
 
     a, b, c = steps(1), steps(1), steps(2)
     assert a == b and a != c and len(set(a)) > 1  # the generator advances step to step
@@ -288,8 +305,7 @@ def test_min_tokens_bans_eos_and_stop_ids(ignore_eos: bool) -> None:
     rand = SamplingParams(min_tokens=3, stop_token_ids=[3], ignore_eos=ignore_eos)
     torch.manual_seed(3)
     for n_out in range(3):
-        out = run(logits.repeat(200, 1), [greedy, rand] * 200,
-                  outputs=[[1] * n_out] * 400, eos=eos)  # fmt: skip
+        out = run(logits.repeat(200, 1), [greedy, rand] * 200, outputs=[[1] * n_out] * 400, eos=eos)
         assert not set(out.token_ids.tolist()) & {3, 7, 9}
     out = run(logits.repeat(200, 1), [greedy, rand] * 200, outputs=[[1] * 3] * 400, eos=eos)
     assert out.token_ids[0] in (3, 7, 9)
@@ -332,7 +348,7 @@ def test_mixed_batch_equals_rows_alone() -> None:
         SamplingParams(top_p=0.8, seed=11),
         SamplingParams(
             repetition_penalty=1.4, presence_penalty=0.5, frequency_penalty=0.3, top_k=40, seed=12
-        ),  # fmt: skip
+        ),
         SamplingParams(logprobs=3, temperature=0.8, min_p=0.05, seed=13),
     ]
     prompts = [[1, 2], [3, 4, 5], [6, 7, 7, 8], [9]]
@@ -340,8 +356,9 @@ def test_mixed_batch_equals_rows_alone() -> None:
     gens = [make_generator(p.seed, "cpu") for p in params]
     mixed = run(logits, params, prompts, outputs, gens)
     for i, p in enumerate(params):
-        alone = run(logits[i : i + 1], [p], [prompts[i]], [outputs[i]],
-                    [make_generator(p.seed, "cpu")])  # fmt: skip
+        alone = run(
+            logits[i : i + 1], [p], [prompts[i]], [outputs[i]], [make_generator(p.seed, "cpu")]
+        )
         assert mixed.token_ids[i] == alone.token_ids[0]
         assert mixed.logprobs[i] == alone.logprobs[0]
         if p.logprobs is not None:

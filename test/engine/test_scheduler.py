@@ -268,8 +268,9 @@ def test_finish_frees_the_blocks_of_running_and_waiting_requests():
 
 
 def test_a_mixed_workload_runs_to_completion_within_every_limit():
-    scheduler = make_scheduler(num_blocks=8, block_size=4, max_num_batched_tokens=12,
-                               max_num_seqs=3)  # fmt: skip
+    scheduler = make_scheduler(
+        num_blocks=8, block_size=4, max_num_batched_tokens=12, max_num_seqs=3
+    )
     lengths = [(3, 8), (25, 2), (9, 5), (4, 1), (17, 6), (6, 7), (12, 3), (5, 4), (20, 8), (8, 2)]
     requests = [make_request(f"r{i}", n, max_tokens=m) for i, (n, m) in enumerate(lengths)]
     add(scheduler, *requests)

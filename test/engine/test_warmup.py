@@ -11,8 +11,14 @@ from valora.llm import LLM
 
 
 def test_warmup_runs_adapters_and_images_and_frees_everything():
-    llm = LLM("tiny", device="cpu", num_token=8192, num_dummy_adapters=3, lora_backend="torch",
-              scheduler="valora")  # fmt: skip
+    llm = LLM(
+        "tiny",
+        device="cpu",
+        num_token=8192,
+        num_dummy_adapters=3,
+        lora_backend="torch",
+        scheduler="valora",
+    )
     engine = llm.engine
     report = warmup(engine, lengths=(16, 64))
     assert report.seconds > 0 and report.kernel_configs == 0  # the torch loop compiles nothing
@@ -41,8 +47,9 @@ def test_precompile_covers_every_target_with_the_atmm_backend():
         configs = distinct_configs(w, rows, segments, w.a.dtype, w.a.device)
         expected += len(configs["shrink"]) + len(configs["expand"])
     assert precompile_lora(engine) == expected > 0
-    torch_engine = LLM("tiny", device="cpu", num_token=4096, num_dummy_adapters=2,
-                       lora_backend="torch").engine  # fmt: skip
+    torch_engine = LLM(
+        "tiny", device="cpu", num_token=4096, num_dummy_adapters=2, lora_backend="torch"
+    ).engine
     assert precompile_lora(torch_engine) == 0  # nothing to compile for the torch loop
 
 

@@ -167,8 +167,13 @@ def test_nothing_to_add(name):
         want = y.clone()
         backend.add_lora(y, x, prepared, segs)
         assert torch.equal(y, want)
-    w0 = LoRAWeights(w.a, w.b, torch.tensor([0, 8, 16], dtype=torch.int32, device=DEVICE),
-                     w.scalings, w.slice_offsets)  # fmt: skip
+    w0 = LoRAWeights(
+        w.a,
+        w.b,
+        torch.tensor([0, 8, 16], dtype=torch.int32, device=DEVICE),
+        w.scalings,
+        w.slice_offsets,
+    )
     w0.a[0] = float("nan")
     w0.b[0] = float("nan")
     segs = LoRASegments.build([3, 2], [0, 1], DEVICE)

@@ -101,21 +101,42 @@ def test_prefill_1024_tokens_one_adapter():
 def test_paths_and_split_k(path, split_k):
     """Every kernel variant, forced, on one mixed batch (decode and prefill rows together)."""
     segs, w, x, y = _case([1, 5, 2, 40, 1], "distinct", torch.float32, 96, [32, 16], seed=7)
-    shrink = {"path": path, "BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_R": 32, "SPLIT_K": split_k,
-              "num_warps": 4, "num_stages": 1}  # fmt: skip
-    expand = {"path": path, "BLOCK_M": 16, "BLOCK_K": 16, "BLOCK_N": 16, "N_TILES": 2,
-              "num_warps": 4, "num_stages": 1}  # fmt: skip
+    shrink = {
+        "path": path,
+        "BLOCK_M": 16,
+        "BLOCK_K": 32,
+        "BLOCK_R": 32,
+        "SPLIT_K": split_k,
+        "num_warps": 4,
+        "num_stages": 1,
+    }
+    expand = {
+        "path": path,
+        "BLOCK_M": 16,
+        "BLOCK_K": 16,
+        "BLOCK_N": 16,
+        "N_TILES": 2,
+        "num_warps": 4,
+        "num_stages": 1,
+    }
     _check_add_lora(segs, w, x, y, shrink, expand)
 
 
 @pytest.mark.parametrize("dtype", SMALL_DTYPES)
-@pytest.mark.parametrize("lens,popularity", [([1] * 5, "distinct"), ([1, 40, 7, 1], "hot"),
-                                             ([70, 33], "uniform")])  # fmt: skip
+@pytest.mark.parametrize(
+    "lens,popularity", [([1] * 5, "distinct"), ([1, 40, 7, 1], "hot"), ([70, 33], "uniform")]
+)
 def test_fused_kernel(dtype, lens, popularity):
     """The fused shrink+expand kernel (v never leaves registers) against the reference."""
     segs, w, x, y = _case(lens, popularity, dtype, 64, [32, 16, 16], seed=len(lens))
-    config = {"BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_N": 16, "N_TILES": 2, "num_warps": 4,
-              "num_stages": 1}  # fmt: skip
+    config = {
+        "BLOCK_M": 16,
+        "BLOCK_K": 32,
+        "BLOCK_N": 16,
+        "N_TILES": 2,
+        "num_warps": 4,
+        "num_stages": 1,
+    }
     got = y.clone()
     launch_fused(x, w, got, segs, config)
     _assert_matches_ref(got, add_lora_ref(y, x, w, segs), y, segs)
@@ -252,10 +273,18 @@ def _random_table(seed, num_segments, max_len):
 @pytest.mark.parametrize("lens", [[1] * 8, [1] * 64, [256] * 4])
 @pytest.mark.parametrize("target", ["q", "qkv", "gate"])
 def test_gpu_fused_kernel_real_sizes(dtype, lens, target):
-    segs, w, x, y = _case(lens, "distinct", dtype, 3584, GPU_TARGETS[target], len(lens),
-                          device="cuda")  # fmt: skip
-    config = {"path": "fused", "BLOCK_M": 16 if lens[0] == 1 else 64, "BLOCK_K": 64,
-              "BLOCK_N": 64, "N_TILES": 4, "num_warps": 4, "num_stages": 2}  # fmt: skip
+    segs, w, x, y = _case(
+        lens, "distinct", dtype, 3584, GPU_TARGETS[target], len(lens), device="cuda"
+    )
+    config = {
+        "path": "fused",
+        "BLOCK_M": 16 if lens[0] == 1 else 64,
+        "BLOCK_K": 64,
+        "BLOCK_N": 64,
+        "N_TILES": 4,
+        "num_warps": 4,
+        "num_stages": 2,
+    }
     got = y.clone()
     launch_fused(x, w, got, segs, config)
     _assert_matches_ref(got, add_lora_ref(y, x, w, segs), y, segs)

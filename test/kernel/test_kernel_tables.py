@@ -14,8 +14,17 @@ from kernel_tables import timing
 
 def test_pow2_ceil():
     assert [kernel_tables.pow2_ceil(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 4096, 4097)] == [
-        1, 1, 2, 4, 4, 8, 8, 16, 4096, 8192
-    ]  # fmt: skip
+        1,
+        1,
+        2,
+        4,
+        4,
+        8,
+        8,
+        16,
+        4096,
+        8192,
+    ]
 
 
 def test_table_file_names_the_shipped_tables(tmp_path):
@@ -63,6 +72,7 @@ def test_gpu_time_refuses_clearly_without_cuda():
 def test_gpu_time_measures_a_copy(cuda_graph, flush_l2):
     src = torch.empty(64 << 20, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    seconds = timing.gpu_time(lambda: dst.copy_(src), reps=5, cuda_graph=cuda_graph,
-                              flush_l2=flush_l2)  # fmt: skip
+    seconds = timing.gpu_time(
+        lambda: dst.copy_(src), reps=5, cuda_graph=cuda_graph, flush_l2=flush_l2
+    )
     assert 0 < seconds < 0.1

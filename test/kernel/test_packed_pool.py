@@ -21,8 +21,9 @@ from atmm.types import LoRASegments, LoRAWeights  # noqa: E402
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 3e-2}
 
 
-def packed_pool(ranks: list[int], k: int, slices: list[int], max_rank: int, dtype, device,
-                seed: int) -> tuple[LoRAWeights, list[int]]:  # fmt: skip
+def packed_pool(
+    ranks: list[int], k: int, slices: list[int], max_rank: int, dtype, device, seed: int
+) -> tuple[LoRAWeights, list[int]]:
     """Adapters packed back to back with a 3-row NaN gap after every second one -> (weights,
     each adapter's slot)."""
     gen = torch.Generator().manual_seed(seed)
@@ -51,8 +52,9 @@ def packed_pool(ranks: list[int], k: int, slices: list[int], max_rank: int, dtyp
     return weights, slots
 
 
-def run_case(backend: str, dtype, device, k: int, slices: list[int], seg_lens: list[int],
-             seed: int) -> None:  # fmt: skip
+def run_case(
+    backend: str, dtype, device, k: int, slices: list[int], seg_lens: list[int], seed: int
+) -> None:
     ranks = [8, 64, 16, 32, 8, 64]
     w, slots = packed_pool(ranks, k, slices, 64, dtype, device, seed)
     seg_slots = [slots[i % len(slots)] if i % 4 != 3 else -1 for i in range(len(seg_lens))]

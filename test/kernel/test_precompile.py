@@ -19,9 +19,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 @pytest.mark.parametrize("max_tokens,max_segments", [(3, 2), (8, 4), (9, 3), (16, 16), (5, 1)])
 def test_reachable_buckets_are_those_of_some_batch(max_tokens, max_segments):
     # a batch of p segments whose longest has L rows exists iff L + (p - 1) rows fit
-    seen = {(pow2_ceil(longest), pow2_ceil(parts))
-            for parts in range(1, max_segments + 1) for longest in range(1, max_tokens + 1)
-            if longest + parts - 1 <= max_tokens}  # fmt: skip
+    seen = {
+        (pow2_ceil(longest), pow2_ceil(parts))
+        for parts in range(1, max_segments + 1)
+        for longest in range(1, max_tokens + 1)
+        if longest + parts - 1 <= max_tokens
+    }
     assert set(reachable_buckets(max_tokens, max_segments)) == seen
 
 
@@ -47,8 +50,12 @@ def test_after_precompile_serving_calls_compile_nothing():
     device = torch.device("cuda")
     w = make_weights([64, 32, 16, 8], 3584, [3584, 512, 512], torch.bfloat16, device)
     precompile(w, 1024, 16, torch.bfloat16)
-    kernels = (shrink._shrink_tile_kernel, shrink._shrink_gemv_kernel,
-               expand._expand_tile_kernel, expand._expand_gemv_kernel)  # fmt: skip
+    kernels = (
+        shrink._shrink_tile_kernel,
+        shrink._shrink_gemv_kernel,
+        expand._expand_tile_kernel,
+        expand._expand_gemv_kernel,
+    )
     index = torch.cuda.current_device()
 
     def compiled() -> int:

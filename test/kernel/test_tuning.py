@@ -32,10 +32,24 @@ def test_bucket_key_rounds_up_to_powers_of_two():
 
 
 def test_lookup_uses_the_table_and_falls_back_to_the_default(table_dir):
-    tuned = {"path": "gemv", "BLOCK_K": 64, "BLOCK_R": 16, "SPLIT_K": 2, "num_warps": 4,
-             "num_stages": 1, "us": 3.0}  # fmt: skip
-    fused = {"path": "fused", "BLOCK_M": 16, "BLOCK_K": 32, "BLOCK_N": 16, "N_TILES": 1,
-             "num_warps": 4, "num_stages": 1}  # fmt: skip
+    tuned = {
+        "path": "gemv",
+        "BLOCK_K": 64,
+        "BLOCK_R": 16,
+        "SPLIT_K": 2,
+        "num_warps": 4,
+        "num_stages": 1,
+        "us": 3.0,
+    }
+    fused = {
+        "path": "fused",
+        "BLOCK_M": 16,
+        "BLOCK_K": 32,
+        "BLOCK_N": 16,
+        "N_TILES": 1,
+        "num_warps": 4,
+        "num_stages": 1,
+    }
     configs = {
         config_table.bucket_key("shrink", 2, 3, 32, 1, 16): tuned,
         config_table.bucket_key("fused", 2, 3, "32x16", 1, 16): fused,
@@ -53,8 +67,10 @@ def test_lookup_uses_the_table_and_falls_back_to_the_default(table_dir):
 
 
 def test_tuner_keeps_the_fused_kernel_only_where_it_beats_the_pair():
-    table = {config_table.bucket_key("shrink", 1, 4, 64, 1, 16): {"us": 5.0},
-             config_table.bucket_key("expand", 1, 4, 48, 1, 16): {"us": 4.0}}  # fmt: skip
+    table = {
+        config_table.bucket_key("shrink", 1, 4, 64, 1, 16): {"us": 5.0},
+        config_table.bucket_key("expand", 1, 4, 48, 1, 16): {"us": 4.0},
+    }
     config = {"path": "fused", "BLOCK_M": 16}
     assert _fused_or_separate(table, config, 0.008, 64, [48], 16, 1, 4) == config
     assert _fused_or_separate(table, config, 0.010, 64, [48], 16, 1, 4)["path"] == "separate"

@@ -105,6 +105,11 @@ def hf_greedy(model, prompt_name: str, max_new: int, image_token_id: int) -> lis
         kwargs["image_grid_thw"] = torch.tensor([im.grid_thw for im in images])
         kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
     with torch.no_grad():
-        out = model.generate(input_ids=input_ids, max_new_tokens=max_new,
-                             min_new_tokens=max_new, do_sample=False, **kwargs)  # fmt: skip
+        out = model.generate(
+            input_ids=input_ids,
+            max_new_tokens=max_new,
+            min_new_tokens=max_new,
+            do_sample=False,
+            **kwargs,
+        )
     return out[0, len(ids) :].tolist()

@@ -27,8 +27,9 @@ def quantized_manager(method: str = "w4a16", seed: int = 0) -> tuple[nn.Module, 
     return model, LoRAManager(model, LoRAConfig(), "torch", True, torch.float32, "cpu")
 
 
-def partial_adapter(name: str, cfg: ModelConfig, targets: set[str], seed: int,
-                    rank: int = 8) -> LoRAAdapter:  # fmt: skip
+def partial_adapter(
+    name: str, cfg: ModelConfig, targets: set[str], seed: int, rank: int = 8
+) -> LoRAAdapter:
     """A dummy adapter trained on ``targets`` only (as a PEFT q/v adapter leaves o, gate_up,
     down alone)."""
     adapter = dummy_adapter(name, cfg, rank, seed, torch.float32, ("language", "vision"))

@@ -41,8 +41,9 @@ def logits_of(model, ids: list[int]) -> torch.Tensor:
     """[T, vocab] fp32 logits of one text-only sequence."""
     t = len(ids)
     with torch.no_grad():
-        hidden = model(torch.tensor(ids), torch.arange(t).expand(3, t),
-                       AttentionMetadata.for_lengths([t]))  # fmt: skip
+        hidden = model(
+            torch.tensor(ids), torch.arange(t).expand(3, t), AttentionMetadata.for_lengths([t])
+        )
         return model.compute_logits(hidden)
 
 
@@ -96,7 +97,11 @@ def test_folding_keeps_the_function_of_the_unquantized_model():
     for layer in range(cfg.num_hidden_layers):
         groups = scale_groups(model, layer)
         assert [g.consumer.rpartition(".")[2] for g in groups] == [
-            "o_proj", "down_proj", "gate_up_proj", "qkv_proj"]  # fmt: skip
+            "o_proj",
+            "down_proj",
+            "gate_up_proj",
+            "qkv_proj",
+        ]
         for group in groups:
             k = model.get_submodule(group.consumer).in_features
             fold_scales(model, group, torch.exp(torch.randn(k, generator=gen)))
@@ -134,9 +139,14 @@ def test_loaded_awq_checkpoint_generates_like_transformers(tmp_path):
     assert_generates_like_transformers(llm, hf)
 
 
-@pytest.mark.parametrize("extra, message", [(["--bits", "8"], "4-bit only"),
-                                            (["--act-order"], "no act-order"),
-                                            (["--sym"], "zero points")])  # fmt: skip
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--bits", "8"], "4-bit only"),
+        (["--act-order"], "no act-order"),
+        (["--sym"], "zero points"),
+    ],
+)
 def test_awq_refuses_what_awq_gemm_cannot_store(tmp_path, extra, message):
     with pytest.raises(SystemExit, match=message):
         main(AWQ_ARGS + extra + ["--out", str(tmp_path)])

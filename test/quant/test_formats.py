@@ -138,8 +138,14 @@ def test_gptq_rejects() -> None:
     with pytest.raises(ValueError, match="marlin"):
         to_gptq(w, "marlin")
     with pytest.raises(ValueError, match="qzeros"):  # N=1: qzeros cannot hold N/8 words
-        from_gptq(torch.zeros(1, 1, dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32),
-                  torch.ones(1, 1), None, bits=4, group_size=-1)  # fmt: skip
+        from_gptq(
+            torch.zeros(1, 1, dtype=torch.int32),
+            torch.zeros(1, 1, dtype=torch.int32),
+            torch.ones(1, 1),
+            None,
+            bits=4,
+            group_size=-1,
+        )
 
 
 # --- AWQ ---------------------------------------------------------------------------------------
@@ -172,8 +178,13 @@ def test_awq_round_trip() -> None:
 
 def test_awq_rejects() -> None:
     with pytest.raises(ValueError, match="4-bit"):
-        from_awq(torch.zeros(8, 1, dtype=torch.int32), torch.zeros(1, 1, dtype=torch.int32),
-                 torch.ones(1, 8), bits=8, group_size=-1)  # fmt: skip
+        from_awq(
+            torch.zeros(8, 1, dtype=torch.int32),
+            torch.zeros(1, 1, dtype=torch.int32),
+            torch.ones(1, 8),
+            bits=8,
+            group_size=-1,
+        )
     w = _random_qweight(n=8, k=16, bits=4, groups=2)
     w.g_idx = torch.tensor([1, 0] * 8, dtype=torch.int32)
     with pytest.raises(ValueError, match="act-order"):

@@ -36,14 +36,25 @@ def check(m, n, k, bits, group_size, act_order, dtype, device, config=None):
 
 
 CPU_CASES = [  # m, n, k, bits, group_size, act_order
-    (1, 64, 256, 4, 128, False), (3, 96, 256, 4, 32, True), (17, 64, 128, 8, 64, False),
-    (5, 64, 192, 4, -1, False), (2, 80, 256, 8, 128, True),
-]  # fmt: skip
+    (1, 64, 256, 4, 128, False),
+    (3, 96, 256, 4, 32, True),
+    (17, 64, 128, 8, 64, False),
+    (5, 64, 192, 4, -1, False),
+    (2, 80, 256, 8, 128, True),
+]
 
 
 def cpu_config(kernel: str, split_k: int, unpack: str) -> dict:
-    return {"kernel": kernel, "BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 32, "SPLIT_K": split_k,
-            "UNPACK": unpack, "num_warps": 4, "num_stages": 1}  # fmt: skip
+    return {
+        "kernel": kernel,
+        "BLOCK_M": 16,
+        "BLOCK_N": 32,
+        "BLOCK_K": 32,
+        "SPLIT_K": split_k,
+        "UNPACK": unpack,
+        "num_warps": 4,
+        "num_stages": 1,
+    }
 
 
 @pytest.mark.parametrize("m, n, k, bits, group_size, act_order", CPU_CASES)
@@ -124,8 +135,10 @@ def test_untuned_default_is_one_config_per_m_bucket(monkeypatch):
         assert config_table.get_config(1, 4608, 3584, 4, torch.bfloat16, gpu)["kernel"] == "gemv"
         previous = 1
         for bucket in config_table.M_BUCKETS[1:]:
-            configs = [config_table.get_config(m, 4608, 3584, 4, torch.bfloat16, gpu)
-                       for m in range(previous + 1, bucket + 1)]  # fmt: skip
+            configs = [
+                config_table.get_config(m, 4608, 3584, 4, torch.bfloat16, gpu)
+                for m in range(previous + 1, bucket + 1)
+            ]
             assert all(c == configs[-1] for c in configs), bucket
             assert configs[-1] == config_table.default_config(bucket, 4608, 3584, 132)
             previous = bucket

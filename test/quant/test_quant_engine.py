@@ -39,17 +39,22 @@ def test_quantized_engine_matches_transformers_on_dequantized_weights(tmp_path, 
     changed = [n for n, p in hf.named_parameters() if not torch.equal(before[n], p)]
     assert changed  # the quantization error is real: the reference moved with it
     template = llm.tokenizer.apply_chat_template
-    prompts = [{"prompt": template(CONVERSATIONS[n][0]),
-                "multi_modal_data": {"image": conversation_images(n)}}
-               for n in CONVERSATIONS]  # fmt: skip
+    prompts = [
+        {
+            "prompt": template(CONVERSATIONS[n][0]),
+            "multi_modal_data": {"image": conversation_images(n)},
+        }
+        for n in CONVERSATIONS
+    ]
     outs = llm.generate(prompts, GREEDY, use_tqdm=False)
     for name, out in zip(CONVERSATIONS, outs):
         assert out.outputs[0].token_ids == hf_greedy(hf, name, 6, hf.config.image_token_id), name
 
 
 def test_lora_on_a_quantized_base_runs_unmerged():
-    llm = LLM("tiny", device="cpu", quantization="w4a16", num_dummy_adapters=2,
-              lora_backend="torch")  # fmt: skip
+    llm = LLM(
+        "tiny", device="cpu", quantization="w4a16", num_dummy_adapters=2, lora_backend="torch"
+    )
     outs = llm.generate(["a", "b", "c"], GREEDY, lora=["lora0", "lora1", None], use_tqdm=False)
     assert all(len(o.outputs[0].token_ids) == 6 for o in outs)
     assert isinstance(llm.engine.model.model.layers[0].mlp.down_proj.base, QuantLinear)
@@ -94,8 +99,13 @@ def test_merged_modes_on_a_quantized_base_use_overlays_and_match_unmerged(mode):
 def test_quant_merge_off_runs_unmerged_and_stays_exact():
     """Without overlays the merge plans are not carried out; tokens equal unmerged ones."""
     plain = LLM("tiny", **QUANT_LORA).generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
-    llm = LLM("tiny", scheduler="valora", policy_options={"force_mode": "mixture"},
-              quant_merge="off", **QUANT_LORA)  # fmt: skip
+    llm = LLM(
+        "tiny",
+        scheduler="valora",
+        policy_options={"force_mode": "mixture"},
+        quant_merge="off",
+        **QUANT_LORA,
+    )
     outs = llm.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
     snap = llm.engine.snapshot()
     assert not snap.merge_overlays and snap.merged_adapter is None  # no merger built

@@ -31,13 +31,25 @@ def quantized_modules(llm: LLM) -> dict[str, QuantLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
 
 
-@pytest.mark.parametrize("method, bits, act_order", [("rtn", 4, False), ("gptq", 4, True),
-                                                     ("gptq", 8, False)])  # fmt: skip
-def test_quantizer_output_loads_and_dequantizes_to_what_it_quantized(tmp_path, method, bits,
-                                                                     act_order):  # fmt: skip
+@pytest.mark.parametrize(
+    "method, bits, act_order", [("rtn", 4, False), ("gptq", 4, True), ("gptq", 8, False)]
+)
+def test_quantizer_output_loads_and_dequantizes_to_what_it_quantized(
+    tmp_path, method, bits, act_order
+):
     out = tmp_path / "q"
-    argv = ["--model", "tiny", "--method", method, "--bits", str(bits), "--group-size", "32",
-            "--out", str(out)] + (["--act-order"] if act_order else [])  # fmt: skip
+    argv = [
+        "--model",
+        "tiny",
+        "--method",
+        method,
+        "--bits",
+        str(bits),
+        "--group-size",
+        "32",
+        "--out",
+        str(out),
+    ] + (["--act-order"] if act_order else [])
     main(argv)
     report = json.loads((out / "quantization_report.json").read_text())
     assert len(report["relative_error"]) == 8 and max(report["relative_error"].values()) < 0.3
@@ -72,17 +84,31 @@ def test_awq_gemm_checkpoint_loads(tmp_path):
     tensors = {n: t.clone() for n, t in checkpoint_tensors(model).items()}
     expected = {}
     for i in range(2):
-        pieces = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # fmt: skip
+        pieces = (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
         for piece in pieces:
             name = f"model.layers.{i}.{piece}"
             q = quantize_rtn(tensors.pop(f"{name}.weight"), 4, 32, False)
             expected[name] = dequantize(q)
             tensors.update({f"{name}.{k}": v.clone() for k, v in to_awq(q).items()})
     save_file(tensors, str(tmp_path / "model.safetensors"))
-    config = {**json.loads(json.dumps(dict(exp_suite.MODEL_SETTINGS["tiny"]))),
-              "quantization_config": {"quant_method": "awq", "bits": 4, "group_size": 32,
-                                      "zero_point": True, "version": "gemm"}}  # fmt: skip
+    config = {
+        **json.loads(json.dumps(dict(exp_suite.MODEL_SETTINGS["tiny"]))),
+        "quantization_config": {
+            "quant_method": "awq",
+            "bits": 4,
+            "group_size": 32,
+            "zero_point": True,
+            "version": "gemm",
+        },
+    }
     (tmp_path / "config.json").write_text(json.dumps(config))
     llm = LLM(str(tmp_path), device="cpu")
     qkv = quantized_modules(llm)["model.layers.1.self_attn.qkv_proj"].weight
@@ -104,8 +130,11 @@ def copy_into_hf(hf, tensors: dict[str, torch.Tensor]) -> None:
     """Tensors under our checkpoint names -> transformers' parameters of the same tensors."""
     with torch.no_grad():
         for name, tensor in tensors.items():
-            hf_name = "model.language_model." + name[6:] if name.startswith("model.") else (
-                "model." + name if name.startswith("visual.") else name)  # fmt: skip
+            hf_name = (
+                "model.language_model." + name[6:]
+                if name.startswith("model.")
+                else ("model." + name if name.startswith("visual.") else name)
+            )
             hf.get_parameter(hf_name).copy_(tensor)
 
 
@@ -116,6 +145,7 @@ def assert_generates_like_transformers(llm: LLM, hf) -> None:
     ours = llm.generate([prompt], params, use_tqdm=False)[0].outputs[0].token_ids
     ids = llm.tokenizer.encode(prompt)
     with torch.no_grad():
-        out = hf.generate(input_ids=torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6,
-                          do_sample=False)  # fmt: skip
+        out = hf.generate(
+            input_ids=torch.tensor([ids]), max_new_tokens=6, min_new_tokens=6, do_sample=False
+        )
     assert ours == out[0, len(ids) :].tolist()

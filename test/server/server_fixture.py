@@ -14,8 +14,19 @@ from valora.server.cli import build_parser, build_server
 @contextmanager
 def running_server(*cli_args: str):
     """Yields (base_url, engine, app); the server stops on exit."""
-    args = build_parser().parse_args(["--model-setting", "tiny", "--device", "cpu",
-                                      "--num-token", "8192", "--port", "0", *cli_args])  # fmt: skip
+    args = build_parser().parse_args(
+        [
+            "--model-setting",
+            "tiny",
+            "--device",
+            "cpu",
+            "--num-token",
+            "8192",
+            "--port",
+            "0",
+            *cli_args,
+        ]
+    )
     app, engine, _ = build_server(args)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)

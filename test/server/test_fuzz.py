@@ -16,9 +16,18 @@ from test_reliability import assert_idle
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-root")
-    with running_server("--num-adapter", "2", "--lora-root", str(root), "--lora-backend", "torch",
-                        "--max-model-len", "96", "--max-request-body-bytes",
-                        str(1 << 20)) as (url, *_):  # fmt: skip
+    with running_server(
+        "--num-adapter",
+        "2",
+        "--lora-root",
+        str(root),
+        "--lora-backend",
+        "torch",
+        "--max-model-len",
+        "96",
+        "--max-request-body-bytes",
+        str(1 << 20),
+    ) as (url, *_):
         yield url
 
 
@@ -31,8 +40,12 @@ schema = schemathesis.pytest.from_fixture("fuzz_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, phases=[Phase.explicit, Phase.generate],
-          suppress_health_check=list(HealthCheck))  # fmt: skip
+@settings(
+    max_examples=40,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
 def test_no_input_gets_a_5xx(case, fuzz_server):
     body = case.body
     if isinstance(body, dict) and isinstance(body.get("model"), str):
@@ -49,6 +62,9 @@ def test_no_input_gets_a_5xx(case, fuzz_server):
 
 def test_the_server_is_healthy_after_the_fuzzing(fuzz_server):
     assert_idle(fuzz_server)
-    r = httpx.post(fuzz_server + "/v1/completions", timeout=30,
-                   json={"model": "lora0", "prompt": "still here", "max_tokens": 3})  # fmt: skip
+    r = httpx.post(
+        fuzz_server + "/v1/completions",
+        timeout=30,
+        json={"model": "lora0", "prompt": "still here", "max_tokens": 3},
+    )
     assert r.status_code == 200

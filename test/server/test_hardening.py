@@ -37,9 +37,18 @@ def peft_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-root")
-    with running_server("--num-adapter", "1", "--lora-root", str(root), "--lora-backend", "torch",
-                        "--max-model-len", "96", "--max-request-body-bytes",
-                        str(1 << 20)) as (url, engine, app):  # fmt: skip
+    with running_server(
+        "--num-adapter",
+        "1",
+        "--lora-root",
+        str(root),
+        "--lora-backend",
+        "torch",
+        "--max-model-len",
+        "96",
+        "--max-request-body-bytes",
+        str(1 << 20),
+    ) as (url, engine, app):
         yield url, root
 
 
@@ -57,8 +66,14 @@ def test_unknown_routes_wrong_methods_and_bad_bodies_get_openai_errors(server):
     assert_openai_error(httpx.get(url + "/v1/nope"), 404, "no route GET /v1/nope")
     assert_openai_error(httpx.get(url + "/v1/chat/completions"), 405)
     assert_openai_error(httpx.delete(url + "/v1/models"), 405)
-    assert_openai_error(httpx.post(url + "/v1/completions", content=b"\xff\xfe",
-                                   headers={"content-type": "application/json"}), 400)  # fmt: skip
+    assert_openai_error(
+        httpx.post(
+            url + "/v1/completions",
+            content=b"\xff\xfe",
+            headers={"content-type": "application/json"},
+        ),
+        400,
+    )
     assert_openai_error(httpx.post(url + "/v1/completions", json=[1, 2]), 400, "invalid request")
     err = assert_openai_error(httpx.post(url + "/v1/completions", json={"model": "tiny"}), 400)
     assert err["param"] == "prompt"
@@ -79,20 +94,28 @@ def test_a_body_over_the_limit_gets_413_declared_or_chunked(server):
     assert httpx.get(url + "/health").status_code == 200
 
 
-@pytest.mark.parametrize("field, value", [
-    ("response_format", {"type": "json_object"}),
-    ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-    ("tool_choice", "required"),
-    ("logit_bias", {"42": 5}),
-    ("best_of", 2),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("response_format", {"type": "json_object"}),
+        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
+        ("tool_choice", "required"),
+        ("logit_bias", {"42": 5}),
+        ("best_of", 2),
+    ],
+)
 def test_unsupported_fields_are_refused_by_name(server, field, value):
     url, _ = server
     body = {"model": "tiny", "messages": CHAT, "max_tokens": 2, field: value}
     err = assert_openai_error(httpx.post(url + "/v1/chat/completions", json=body), 400, field)
     assert err["param"] == field
-    no_op = {"response_format": {"type": "text"}, "tools": [], "tool_choice": "none",
-             "logit_bias": {}, "best_of": 1}[field]  # fmt: skip
+    no_op = {
+        "response_format": {"type": "text"},
+        "tools": [],
+        "tool_choice": "none",
+        "logit_bias": {},
+        "best_of": 1,
+    }[field]
     ok = httpx.post(url + "/v1/chat/completions", json={**body, field: no_op}, timeout=30)
     assert ok.status_code == 200, ok.text
 
@@ -108,16 +131,21 @@ def png_header_only_cost(width: int, height: int) -> bytes:
     costs no big buffer)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(
-            ">I", zlib.crc32(kind + data))  # fmt: skip
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     compressor, row, parts = zlib.compressobj(9), bytes(1 + 3 * width), []
     for _ in range(height):
         parts.append(compressor.compress(row))
     parts.append(compressor.flush())
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", b"".join(parts))
-            + chunk(b"IEND", b""))  # fmt: skip
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", b"".join(parts))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_huge_png_is_refused_from_its_header_without_decoding(server, monkeypatch):
@@ -151,8 +179,9 @@ def test_a_symlink_inside_the_root_cannot_read_outside_it(server, peft_dir, tmp_
     shutil.copy(peft_dir / "adapter_config.json", sneaky)
     os.symlink(outside / "adapter_model.safetensors", sneaky / "adapter_model.safetensors")
     body = {"lora_name": "sneaky", "lora_path": str(sneaky)}
-    assert_openai_error(httpx.post(url + "/v1/load_lora_adapter", json=body), 400,
-                        "outside the adapter root")  # fmt: skip
+    assert_openai_error(
+        httpx.post(url + "/v1/load_lora_adapter", json=body), 400, "outside the adapter root"
+    )
     os.symlink(outside, root / "linked-dir")
     body = {"lora_name": "linked", "lora_path": str(root / "linked-dir")}
     assert_openai_error(httpx.post(url + "/v1/load_lora_adapter", json=body), 400, "outside")
@@ -188,8 +217,13 @@ def _die() -> None:
 
 def test_a_dead_engine_answers_503_everywhere_and_ends_its_streams():
     with running_server("--lora-backend", "torch") as (url, _, app):
-        body = {"model": "tiny", "prompt": "go", "max_tokens": 500, "stream": True,
-                "ignore_eos": True}  # fmt: skip
+        body = {
+            "model": "tiny",
+            "prompt": "go",
+            "max_tokens": 500,
+            "stream": True,
+            "ignore_eos": True,
+        }
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
@@ -211,10 +245,25 @@ def free_port() -> int:
 def test_sigterm_drains_in_flight_requests_then_exits():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "valora.server.cli", "--model-setting",
-                               "tiny", "--device", "cpu", "--num-token", "4096", "--port",
-                               str(port), "--shutdown-timeout", "60"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "valora.server.cli",
+            "--model-setting",
+            "tiny",
+            "--device",
+            "cpu",
+            "--num-token",
+            "4096",
+            "--port",
+            str(port),
+            "--shutdown-timeout",
+            "60",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -224,8 +273,13 @@ def test_sigterm_drains_in_flight_requests_then_exits():
                     break
             except httpx.TransportError:
                 time.sleep(0.2)
-        body = {"model": "tiny", "prompt": "drain", "max_tokens": 150, "stream": True,
-                "ignore_eos": True}  # fmt: skip
+        body = {
+            "model": "tiny",
+            "prompt": "drain",
+            "max_tokens": 150,
+            "stream": True,
+            "ignore_eos": True,
+        }
         with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
             lines = r.iter_lines()
             assert next(lines).startswith("data: ")
@@ -235,7 +289,8 @@ def test_sigterm_drains_in_flight_requests_then_exits():
                 httpx.post(url + "/v1/completions", json={**body, "stream": False}, timeout=5)
             rest = [line for line in lines if line.startswith("data: ")]
         assert rest[-1] == "data: [DONE]" and '"finish_reason":"length"' in rest[-2].replace(
-            " ", "")  # fmt: skip
+            " ", ""
+        )
         # uvicorn re-raises the captured SIGTERM once shut down, as supervisors expect
         assert server.wait(timeout=30) in (0, -signal.SIGTERM)
     finally:

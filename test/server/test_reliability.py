@@ -31,8 +31,18 @@ def peft_dirs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-root")
-    args = ("--num-adapter", "2", "--lora-root", str(root), "--max-cpu-loras", "1",
-            "--max-model-len", "96", "--lora-backend", "torch")  # fmt: skip
+    args = (
+        "--num-adapter",
+        "2",
+        "--lora-root",
+        str(root),
+        "--max-cpu-loras",
+        "1",
+        "--max-model-len",
+        "96",
+        "--lora-backend",
+        "torch",
+    )
     with running_server(*args) as (url, engine, app):
         yield url, engine, app, root
 
@@ -40,8 +50,12 @@ def server(tmp_path_factory):
 def assert_idle(url: str, timeout: float = 20) -> None:
     """Alive, and once quiet nothing is held: no request, KV block or adapter pin."""
     assert httpx.get(url + "/health").status_code == 200
-    names = ("valora_num_requests_running", "valora_num_requests_waiting",
-             "valora_kv_blocks_in_use", "valora_lora_request_pins")  # fmt: skip
+    names = (
+        "valora_num_requests_running",
+        "valora_num_requests_waiting",
+        "valora_kv_blocks_in_use",
+        "valora_lora_request_pins",
+    )
     deadline = time.monotonic() + timeout
     while any(metric(url, n) for n in names):
         assert time.monotonic() < deadline, {n: metric(url, n) for n in names}
@@ -56,18 +70,28 @@ def metric(url: str, name: str) -> float:
 
 
 async def stream_text(client, model: str, prompt: str, max_tokens: int = 12) -> str:
-    stream = await client.completions.create(model=model, prompt=prompt, stream=True,
-                                             temperature=0, max_tokens=max_tokens,
-                                             extra_body={"ignore_eos": True})  # fmt: skip
+    stream = await client.completions.create(
+        model=model,
+        prompt=prompt,
+        stream=True,
+        temperature=0,
+        max_tokens=max_tokens,
+        extra_body={"ignore_eos": True},
+    )
     return "".join([c.choices[0].text async for c in stream if c.choices])
 
 
 def expected_texts(url: str, jobs: list[tuple[str, str]]) -> list[str]:
     """Each job answered alone: what it must also answer beside anything else."""
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-    return [client.completions.create(model=m, prompt=p, temperature=0, max_tokens=12,
-                                      extra_body={"ignore_eos": True}).choices[0].text
-            for m, p in jobs]  # fmt: skip
+    return [
+        client.completions.create(
+            model=m, prompt=p, temperature=0, max_tokens=12, extra_body={"ignore_eos": True}
+        )
+        .choices[0]
+        .text
+        for m, p in jobs
+    ]
 
 
 def with_bystanders(url: str, disturb, num: int = 24):
@@ -121,8 +145,9 @@ def test_chat_on_an_adapter_without_max_tokens_hurts_nobody(server):
     url, *_ = server
 
     async def no_max_tokens(client):
-        return await client.chat.completions.create(model="lora0", messages=CHAT, temperature=0,
-                                                    extra_body={"ignore_eos": True})  # fmt: skip
+        return await client.chat.completions.create(
+            model="lora0", messages=CHAT, temperature=0, extra_body={"ignore_eos": True}
+        )
 
     reply = with_bystanders(url, no_max_tokens)
     assert reply.choices[0].finish_reason == "length"
@@ -138,8 +163,9 @@ def test_a_seed_outside_int64_is_refused_and_hurts_nobody(server, seed):
     async def bad_seeds(client):
         async with httpx.AsyncClient(timeout=30) as http:
             body = {"model": "lora0", "messages": CHAT, "max_tokens": 4, "seed": seed}
-            return await asyncio.gather(*(http.post(url + "/v1/chat/completions", json=body)
-                                          for _ in range(12)))  # fmt: skip
+            return await asyncio.gather(
+                *(http.post(url + "/v1/chat/completions", json=body) for _ in range(12))
+            )
 
     for r in with_bystanders(url, bad_seeds):
         assert r.status_code == 400 and r.json()["error"]["param"] == "seed"
@@ -177,11 +203,18 @@ def test_metrics_count_a_streamed_request_like_a_plain_one(server):
     """Finding 8: a streamed request's generated tokens are all counted, not its last chunk's."""
     url, *_ = server
     before = metric(url, "valora_generation_tokens_total")
-    asyncio.run(stream_text(openai.AsyncOpenAI(base_url=url + "/v1", api_key="x"), "lora0",
-                            "count to ten", max_tokens=9))  # fmt: skip
+    asyncio.run(
+        stream_text(
+            openai.AsyncOpenAI(base_url=url + "/v1", api_key="x"),
+            "lora0",
+            "count to ten",
+            max_tokens=9,
+        )
+    )
     client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
-    client.completions.create(model="tiny", prompt="count", temperature=0, max_tokens=5,
-                              extra_body={"ignore_eos": True})  # fmt: skip
+    client.completions.create(
+        model="tiny", prompt="count", temperature=0, max_tokens=5, extra_body={"ignore_eos": True}
+    )
     deadline = time.monotonic() + 5
     while metric(url, "valora_generation_tokens_total") < before + 14:
         assert time.monotonic() < deadline
@@ -190,8 +223,9 @@ def test_metrics_count_a_streamed_request_like_a_plain_one(server):
 
 
 def load(url: str, name: str, path) -> httpx.Response:
-    return httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": name,
-                                                           "lora_path": str(path)})  # fmt: skip
+    return httpx.post(
+        url + "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}
+    )
 
 
 def chat(url: str, model: str) -> httpx.Response:
@@ -248,8 +282,13 @@ def test_an_adapter_in_use_keeps_its_host_copy(server, peft_dirs):
     url, _, _, root = server
     shutil.copytree(peft_dirs["two"], root / "busy")
     assert load(url, "busy", root / "busy").status_code == 200
-    body = {"model": "busy", "prompt": "go on", "max_tokens": 60, "stream": True,
-            "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": "busy",
+        "prompt": "go on",
+        "max_tokens": 60,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
@@ -262,8 +301,9 @@ def test_an_adapter_in_use_keeps_its_host_copy(server, peft_dirs):
 
 def test_max_loras_one_with_merges_serves_everyone():
     """Finding 4: a pool of one rank-64 adapter under the VaLoRA policy's merges."""
-    with running_server("--num-adapter", "4", "--max-loras", "1", "--lora-backend", "torch",
-                        "--max-model-len", "96") as (url, *_):  # fmt: skip
+    with running_server(
+        "--num-adapter", "4", "--max-loras", "1", "--lora-backend", "torch", "--max-model-len", "96"
+    ) as (url, *_):
         client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="x", max_retries=0, timeout=60)
 
         async def run():

@@ -43,9 +43,19 @@ def server(peft_dir, media_dir):
     root, _ = peft_dir
     # the torch LoRA backend: the Triton kernels would run in the CPU interpreter here (they
     # are tested against the reference in test/kernel)
-    with running_server("--num-adapter", "4", "--lora-root", str(root), "--max-model-len", "512",
-                        "--lora-backend", "torch", "--allowed-local-media-path", str(media_dir),
-                        "--allow-remote-media") as (url, engine, _):  # fmt: skip
+    with running_server(
+        "--num-adapter",
+        "4",
+        "--lora-root",
+        str(root),
+        "--max-model-len",
+        "512",
+        "--lora-backend",
+        "torch",
+        "--allowed-local-media-path",
+        str(media_dir),
+        "--allow-remote-media",
+    ) as (url, engine, _):
         yield url, engine
 
 
@@ -61,8 +71,10 @@ def image_data_url(width=56, height=56) -> str:
 
 
 def chat_with_image(client, model: str, **kwargs):
-    content = [{"type": "image_url", "image_url": {"url": image_data_url()}},
-               {"type": "text", "text": "What is in the picture?"}]  # fmt: skip
+    content = [
+        {"type": "image_url", "image_url": {"url": image_data_url()}},
+        {"type": "text", "text": "What is in the picture?"},
+    ]
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": content}], **kwargs
     )
@@ -86,8 +98,9 @@ def test_chat_with_an_image_stream_and_not(client):
     full = chat_with_image(client, "lora1", **GREEDY)
     assert full.choices[0].finish_reason == "length" and full.usage.completion_tokens == 6
     assert full.usage.prompt_tokens > 16  # the image's tokens are counted
-    stream = chat_with_image(client, "lora1", stream=True,
-                             stream_options={"include_usage": True}, **GREEDY)  # fmt: skip
+    stream = chat_with_image(
+        client, "lora1", stream=True, stream_options={"include_usage": True}, **GREEDY
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == full.choices[0].message.content
@@ -117,21 +130,25 @@ def test_images_are_processed_off_the_engine_thread(server, client, monkeypatch)
 
 
 def test_adapters_change_the_output(client):
-    outs = {m: chat_with_image(client, m, **GREEDY).choices[0].message.content
-            for m in ("tiny", "lora0", "lora3")}  # fmt: skip
+    outs = {
+        m: chat_with_image(client, m, **GREEDY).choices[0].message.content
+        for m in ("tiny", "lora0", "lora3")
+    }
     assert len(set(outs.values())) == 3
 
 
 def test_completions_and_logprobs(client):
-    out = client.completions.create(model="lora2", prompt="Once upon a time", logprobs=2,
-                                    **GREEDY)  # fmt: skip
+    out = client.completions.create(model="lora2", prompt="Once upon a time", logprobs=2, **GREEDY)
     lp = out.choices[0].logprobs
     assert len(lp.tokens) == 6 and len(lp.token_logprobs) == 6
     assert all(len(top) >= 1 for top in lp.top_logprobs)
     chat = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "Hi"}], logprobs=True,
-        top_logprobs=3, **GREEDY,
-    )  # fmt: skip
+        model="tiny",
+        messages=[{"role": "user", "content": "Hi"}],
+        logprobs=True,
+        top_logprobs=3,
+        **GREEDY,
+    )
     content = chat.choices[0].logprobs.content
     assert len(content) == 6 and all(e.logprob <= 0 for e in content)
     assert all(len(e.top_logprobs) >= 2 for e in content)
@@ -151,39 +168,109 @@ def test_adapter_load_unload_round_trip(server, client, peft_dir, tmp_path):
     assert r.status_code == 200 and "removed" in r.text
     with pytest.raises(openai.NotFoundError):
         chat_with_image(client, "real", **GREEDY)
-    assert httpx.post(url + "/v1/unload_lora_adapter",
-                      json={"lora_name": "real"}).status_code == 404  # fmt: skip
+    assert (
+        httpx.post(url + "/v1/unload_lora_adapter", json={"lora_name": "real"}).status_code == 404
+    )
 
 
 BAD_CHAT = [
     ({"model": "nope", "messages": [{"role": "user", "content": "x"}]}, 404, "does not exist"),
     ({"model": "tiny", "messages": []}, 400, "messages must not be empty"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400,
-     "max_tokens"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 600}, 400,
-     "maximum context length"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "word " * 600}]}, 400,
-     "does not fit"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": -1}, 400,
-     "temperature"),
+    (
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+        400,
+        "max_tokens",
+    ),
+    (
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 600},
+        400,
+        "maximum context length",
+    ),
+    (
+        {"model": "tiny", "messages": [{"role": "user", "content": "word " * 600}]},
+        400,
+        "does not fit",
+    ),
+    (
+        {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": -1},
+        400,
+        "temperature",
+    ),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "top_p": 2}, 400, "top_p"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]}, 400,
-     "cannot decode image"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}]}]}, 400,
-     "base64"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "/etc/passwd"}}]}]}, 400,
-     "outside the allowed media directory"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/a.png"}}]}]}, 400,
-     "cannot fetch image"),
-    ({"model": "tiny", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}]}]}, 400, "scheme"),
+    (
+        {
+            "model": "tiny",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+                    ],
+                }
+            ],
+        },
+        400,
+        "cannot decode image",
+    ),
+    (
+        {
+            "model": "tiny",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@"}}
+                    ],
+                }
+            ],
+        },
+        400,
+        "base64",
+    ),
+    (
+        {
+            "model": "tiny",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "/etc/passwd"}}],
+                }
+            ],
+        },
+        400,
+        "outside the allowed media directory",
+    ),
+    (
+        {
+            "model": "tiny",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "http://127.0.0.1:9/a.png"}}
+                    ],
+                }
+            ],
+        },
+        400,
+        "cannot fetch image",
+    ),
+    (
+        {
+            "model": "tiny",
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image_url", "image_url": {"url": "ftp://host/a.png"}}],
+                }
+            ],
+        },
+        400,
+        "scheme",
+    ),
     ({"model": "tiny", "messages": [{"role": "user", "content": "x"}], "n": 2}, 400, "n=1"),
     ({"model": "tiny", "messages": "hello"}, 400, "invalid request"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("body, status, message", BAD_CHAT)
@@ -193,15 +280,19 @@ def test_bad_input_gets_a_clear_error_and_hurts_nobody(server, client, body, sta
     assert r.status_code == status, r.text
     err = r.json()["error"]
     assert message in err["message"] and err["code"] == status and "type" in err
-    ok = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}],
-                                        **GREEDY)  # fmt: skip
+    ok = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "x"}], **GREEDY
+    )
     assert ok.usage.completion_tokens == 6
 
 
 def test_malformed_json_and_too_many_images(server):
     url, _ = server
-    r = httpx.post(url + "/v1/chat/completions", content=b"{not json",
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        url + "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     parts = [{"type": "image_url", "image_url": {"url": image_data_url()}}] * 9
     body = {"model": "tiny", "messages": [{"role": "user", "content": parts}]}
@@ -243,8 +334,13 @@ def test_unloading_an_adapter_in_use_lets_its_stream_finish(server, peft_dir):
     url, _ = server
     _, path = peft_dir
     httpx.post(url + "/v1/load_lora_adapter", json={"lora_name": "busy", "lora_path": path})
-    body = {"model": "busy", "prompt": "stream on", "max_tokens": 40, "stream": True,
-            "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": "busy",
+        "prompt": "stream on",
+        "max_tokens": 40,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
@@ -260,8 +356,13 @@ def test_unloading_an_adapter_in_use_lets_its_stream_finish(server, peft_dir):
 
 def test_disconnect_mid_stream_frees_its_blocks(server):
     url, _ = server
-    body = {"model": "lora0", "prompt": "tell me everything", "max_tokens": 400,
-            "stream": True, "ignore_eos": True}  # fmt: skip
+    body = {
+        "model": "lora0",
+        "prompt": "tell me everything",
+        "max_tokens": 400,
+        "stream": True,
+        "ignore_eos": True,
+    }
     with httpx.stream("POST", url + "/v1/completions", json=body, timeout=30) as r:
         lines = r.iter_lines()
         assert next(lines).startswith("data: ")
@@ -275,16 +376,18 @@ def test_disconnect_mid_stream_frees_its_blocks(server):
 
 def test_200_concurrent_streams_complete_exactly(server):
     url, _ = server
-    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0,
-                                timeout=120)  # fmt: skip
+    client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
     prompts = [f"Request {i % 5}: count" for i in range(200)]
     models = ["tiny", "lora0", "lora1", "lora2", "lora3"]
 
     async def one(i: int):
         stream = await client.completions.create(
-            model=models[i % 5], prompt=prompts[i], stream=True,
-            stream_options={"include_usage": True}, **GREEDY,
-        )  # fmt: skip
+            model=models[i % 5],
+            prompt=prompts[i],
+            stream=True,
+            stream_options={"include_usage": True},
+            **GREEDY,
+        )
         text, usage = "", None
         async for chunk in stream:
             if chunk.choices:
@@ -315,8 +418,11 @@ def test_overload_answers_503_with_retry_after():
         app.state.runner.submit(time.sleep, 2.0)  # the engine thread is busy for 2 s
         body = {"model": "tiny", "prompt": "hello", "max_tokens": 4}
         first = {}
-        sender = threading.Thread(target=lambda: first.update(
-            r=httpx.post(url + "/v1/completions", json=body, timeout=30)))  # fmt: skip
+        sender = threading.Thread(
+            target=lambda: first.update(
+                r=httpx.post(url + "/v1/completions", json=body, timeout=30)
+            )
+        )
         sender.start()
         time.sleep(0.5)
         busy = httpx.post(url + "/v1/completions", json=body, timeout=5)

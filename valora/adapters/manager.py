@@ -27,8 +27,15 @@ def lora_targets(cfg: ModelConfig, config: LoRAConfig) -> tuple:
 
 
 class LoRAManager:
-    def __init__(self, model: nn.Module, config: LoRAConfig, backend: str, enable_merge: bool,
-                 dtype: torch.dtype, device: str) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        config: LoRAConfig,
+        backend: str,
+        enable_merge: bool,
+        dtype: torch.dtype,
+        device: str,
+    ) -> None:
         self.config = config
         self.model_config: ModelConfig = model.cfg
         self.dtype = dtype
@@ -46,8 +53,12 @@ class LoRAManager:
     def add_adapter(self, name: str, path: str | Path, root: str | Path | None = None) -> int:
         """Load and validate a PEFT adapter directory; returns the new version. With ``root``,
         every file read (now and on re-reads) must resolve to a path under it."""
-        cfg, rank, dtype, pickle = (self.model_config, self.config.max_lora_rank, self.dtype,
-                                    self.config.allow_pickle)  # fmt: skip
+        cfg, rank, dtype, pickle = (
+            self.model_config,
+            self.config.max_lora_rank,
+            self.dtype,
+            self.config.allow_pickle,
+        )
         source = lambda: self._keep_towers(  # noqa: E731
             load_peft_adapter(path, name, cfg, rank, dtype, allow_pickle=pickle, root=root)
         )

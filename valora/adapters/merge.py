@@ -60,8 +60,12 @@ class _OverlaySite:
 
     def __init__(self, module: QuantLinear) -> None:
         self.module = module
-        self.live = torch.empty(module.out_features, module.in_features, dtype=module.dtype,
-                                device=module.quantized.qweight.device)  # fmt: skip
+        self.live = torch.empty(
+            module.out_features,
+            module.in_features,
+            dtype=module.dtype,
+            device=module.quantized.qweight.device,
+        )
         self.pristine = self.live  # merged in place after ``prepare`` wrote W0 into it
         self.prepare()
 
@@ -103,8 +107,11 @@ class BaseWeightMerger:
         for name, buffers in pool.targets.items():
             for layer in range(buffers.spec.num_layers):
                 module = _base_layer(model, buffers.spec.module_path(layer))
-                site = _OverlaySite(module) if isinstance(module, QuantLinear) else (
-                    _DenseSite(module))  # fmt: skip
+                site = (
+                    _OverlaySite(module)
+                    if isinstance(module, QuantLinear)
+                    else (_DenseSite(module))
+                )
                 self.sites[(name, layer)] = site
         self.merge_layers = merge_layers_for(pool.device)  # Triton on CUDA, addmm elsewhere
         self.merged: AdapterKey | None = None
@@ -180,12 +187,18 @@ class BaseWeightMerger:
                 if (target, layer) in self._merged_modules:  # holds the previous delta
                     site.prepare()
             for s, (lo, hi) in enumerate(zip(offsets, offsets[1:])):
-                self.merge_layers(SliceMerge(
-                    outs=[site.live[lo:hi] for site in sites],
-                    pristine=[site.pristine[lo:hi] for site in sites],
-                    a_rows=[buffers.a_buf[layer, s, slot : slot + m.rank]
-                            for layer, m in zip(layers, modules)],
-                    b_rows=[buffers.b_buf[layer, slot : slot + m.rank, lo:hi]
-                            for layer, m in zip(layers, modules)],
-                    scales=[m.scaling for m in modules],
-                ))  # fmt: skip
+                self.merge_layers(
+                    SliceMerge(
+                        outs=[site.live[lo:hi] for site in sites],
+                        pristine=[site.pristine[lo:hi] for site in sites],
+                        a_rows=[
+                            buffers.a_buf[layer, s, slot : slot + m.rank]
+                            for layer, m in zip(layers, modules)
+                        ],
+                        b_rows=[
+                            buffers.b_buf[layer, slot : slot + m.rank, lo:hi]
+                            for layer, m in zip(layers, modules)
+                        ],
+                        scales=[m.scaling for m in modules],
+                    )
+                )

@@ -47,8 +47,9 @@ def torch_merge_layers(job: SliceMerge) -> None:
             out.addmm_(b.t(), a, alpha=scale)
 
 
-def triton_merge_layers(job: SliceMerge, block_n: int = 64, block_k: int = 128,
-                        num_warps: int = 4) -> None:  # fmt: skip
+def triton_merge_layers(
+    job: SliceMerge, block_n: int = 64, block_k: int = 128, num_warps: int = 4
+) -> None:
     import triton
 
     from valora.adapters.triton_merge import merge_layers_kernel
@@ -57,20 +58,36 @@ def triton_merge_layers(job: SliceMerge, block_n: int = 64, block_k: int = 128,
     n, k = job.outs[0].shape
     ranks = [a.shape[0] for a in job.a_rows]
     pointers = torch.tensor(
-        [[t.data_ptr() for t in job.outs], [t.data_ptr() for t in job.pristine],
-         [a.data_ptr() for a in job.a_rows], [b.data_ptr() for b in job.b_rows]],
+        [
+            [t.data_ptr() for t in job.outs],
+            [t.data_ptr() for t in job.pristine],
+            [a.data_ptr() for a in job.a_rows],
+            [b.data_ptr() for b in job.b_rows],
+        ],
         dtype=torch.int64,
-    ).to(device, non_blocking=True)  # fmt: skip
+    ).to(device, non_blocking=True)
     ranks_t = torch.tensor(ranks, dtype=torch.int32).to(device, non_blocking=True)
     scales_t = torch.tensor(job.scales, dtype=torch.float32).to(device, non_blocking=True)
     block_r = rank_tile(max(ranks))
     grid = (triton.cdiv(n, block_n), triton.cdiv(k, block_k), len(ranks))
     merge_layers_kernel[grid](
-        pointers, ranks_t, scales_t, len(ranks), n, k, job.outs[0].stride(0),
-        job.pristine[0].stride(0), job.a_rows[0].stride(0), job.b_rows[0].stride(0),
-        BLOCK_N=block_n, BLOCK_K=block_k, BLOCK_R=block_r, DTYPE=_TL_DTYPES[dtype],
-        FP32=dtype == torch.float32, num_warps=num_warps,
-    )  # fmt: skip
+        pointers,
+        ranks_t,
+        scales_t,
+        len(ranks),
+        n,
+        k,
+        job.outs[0].stride(0),
+        job.pristine[0].stride(0),
+        job.a_rows[0].stride(0),
+        job.b_rows[0].stride(0),
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        BLOCK_R=block_r,
+        DTYPE=_TL_DTYPES[dtype],
+        FP32=dtype == torch.float32,
+        num_warps=num_warps,
+    )
 
 
 def merge_layers_for(device: torch.device):

@@ -75,8 +75,9 @@ def load_peft_adapter(
     return LoRAAdapter(name, modules, digest)
 
 
-def _build_modules(config: dict, tensors: dict, cfg: ModelConfig, max_rank: int,
-                   dtype: torch.dtype, path) -> dict[tuple[str, int], LoRAModule]:  # fmt: skip
+def _build_modules(
+    config: dict, tensors: dict, cfg: ModelConfig, max_rank: int, dtype: torch.dtype, path
+) -> dict[tuple[str, int], LoRAModule]:
     _check_config(config, path)
     pairs = _pair_tensors(tensors)
     slices = [_make_slice(module, a, b, config, cfg, max_rank) for module, (a, b) in pairs.items()]

@@ -96,16 +96,18 @@ class TargetBuffers:
         self.scalings = torch.zeros(layers, capacity, dtype=torch.float32, device=device)
         self.neg_scalings = torch.zeros_like(self.scalings)
         self.weights = [self._view(i, capacity, max_rank, self.scalings) for i in range(layers)]
-        self.neg_weights = [self._view(i, capacity, max_rank, self.neg_scalings)
-                            for i in range(layers)]  # fmt: skip
+        self.neg_weights = [
+            self._view(i, capacity, max_rank, self.neg_scalings) for i in range(layers)
+        ]
 
     def _view(self, layer: int, capacity: int, max_rank: int, scalings) -> LoRAWeights:
         a, b = self.a_buf[layer], self.b_buf[layer]  # [L, C + R, K], [C + R, N]
         k, n, slices = a.shape[2], b.shape[1], a.shape[0]
         a_view = a.as_strided((capacity, slices, max_rank, k), (k, a.stride(0), k, 1))
         b_view = b.as_strided((capacity, max_rank, n), (n, n, 1))
-        return LoRAWeights(a_view, b_view, self.ranks[layer], scalings[layer],
-                           self.spec.slice_offsets)  # fmt: skip
+        return LoRAWeights(
+            a_view, b_view, self.ranks[layer], scalings[layer], self.spec.slice_offsets
+        )
 
     def write(self, slot: int, adapter: LoRAAdapter) -> None:
         """Copy the adapter's modules of this target into rows from ``slot`` (current stream)."""
@@ -131,12 +133,19 @@ class TargetBuffers:
 class AdapterPool:
     """Which adapters are on the GPU and where; loads, evicts (LRU among unpinned), prefetches."""
 
-    def __init__(self, targets: tuple[TargetSpec, ...], capacity_rows: int, max_rank: int,
-                 dtype: torch.dtype, device: str | torch.device) -> None:  # fmt: skip
+    def __init__(
+        self,
+        targets: tuple[TargetSpec, ...],
+        capacity_rows: int,
+        max_rank: int,
+        dtype: torch.dtype,
+        device: str | torch.device,
+    ) -> None:
         self.device = torch.device(device)
         self.max_rank = max_rank
-        self.targets = {t.name: TargetBuffers(t, capacity_rows, max_rank, dtype, self.device)
-                        for t in targets}  # fmt: skip
+        self.targets = {
+            t.name: TargetBuffers(t, capacity_rows, max_rank, dtype, self.device) for t in targets
+        }
         self.allocator = RowAllocator(capacity_rows)
         self.resident: OrderedDict[AdapterKey, Resident] = OrderedDict()  # LRU order
         self.stats = PoolStats()

@@ -55,8 +55,9 @@ class AdapterRegistry:
         self._next_version[name] = version
         old = self.latest.get(name)
         self.latest[name] = version
-        self.entries[key] = AdapterEntry(key, adapter.rank, source, description,
-                                         adapter.content_hash)  # fmt: skip
+        self.entries[key] = AdapterEntry(
+            key, adapter.rank, source, description, adapter.content_hash
+        )
         self._cache(key, adapter)
         if old is not None:
             self._forget_if_unused((name, old))
@@ -95,8 +96,10 @@ class AdapterRegistry:
         try:
             adapter = entry.source()
         except Exception as exc:
-            raise AdapterUnavailable(f"adapter {name!r} (version {version}) cannot be read again "
-                                     f"from {entry.description}: {exc}") from exc  # fmt: skip
+            raise AdapterUnavailable(
+                f"adapter {name!r} (version {version}) cannot be read again "
+                f"from {entry.description}: {exc}"
+            ) from exc
         if adapter.content_hash != entry.content_hash:
             raise AdapterUnavailable(
                 f"adapter {name!r} (version {version}): its files in {entry.description} changed "
@@ -130,7 +133,10 @@ class AdapterRegistry:
     def _trim(self, keep: AdapterKey | None = None) -> None:
         """Evict the least recently used copies over the limit among *current* versions that no
         request uses (a replaced version's source may now read the new weights: it stays)."""
-        current = [k for k in self._host if self.latest.get(k[0]) == k[1] and k != keep
-                   and self.entries[k].refs == 0]  # fmt: skip
+        current = [
+            k
+            for k in self._host
+            if self.latest.get(k[0]) == k[1] and k != keep and self.entries[k].refs == 0
+        ]
         while len(self._host) > self.max_cpu_loras and current:
             self._host.pop(current.pop(0))

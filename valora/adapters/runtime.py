@@ -36,8 +36,9 @@ def build_segments(row_slots: list[int], device, max_seg_len: int | None = None)
     return segments_from_runs(row_slots, [1] * len(row_slots), device, max_seg_len)
 
 
-def segments_from_runs(slots: list[int], lens: list[int], device,
-                       max_seg_len: int | None = None) -> LoRASegments:  # fmt: skip
+def segments_from_runs(
+    slots: list[int], lens: list[int], device, max_seg_len: int | None = None
+) -> LoRASegments:
     """Runs of ``lens[i]`` rows of slot ``slots[i]`` -> segments, adjacent equal slots joined
     (empty runs dropped)."""
     seg_lens, seg_slots = [], []
@@ -69,12 +70,14 @@ class LoRARuntime:
         split = hasattr(self.backend, "shrink") and pool.device.type == "cuda"
         self.side_stream = torch.cuda.Stream(pool.device) if split else None
 
-    def set_segments(self, group: str, own: LoRASegments | None,
-                     correction: LoRASegments | None) -> None:  # fmt: skip
+    def set_segments(
+        self, group: str, own: LoRASegments | None, correction: LoRASegments | None
+    ) -> None:
         self.segments[group] = (own, correction)
 
-    def set_step(self, groups: dict[str, tuple[list[int], list[int]]],
-                 merged_slot: int | None) -> None:  # fmt: skip
+    def set_step(
+        self, groups: dict[str, tuple[list[int], list[int]]], merged_slot: int | None
+    ) -> None:
         """The one builder of a forward's segments: per row group ("language" tokens, "vision"
         patches, "merger" windows), each sequence's adapter slot (-1: base) and row count ->
         its own-adapter and correction segments (``step_segments``), set for the forward."""
@@ -110,23 +113,38 @@ class LoRARuntime:
         and expands. None: nothing started (eager, no side stream, or no LoRA rows)."""
         if self.side_stream is None or not torch.cuda.is_current_stream_capturing():
             return None
-        jobs = [(segs, neg) for segs, neg in zip(self.segments[buffers.spec.row_group],
-                                                 (False, True)) if segs is not None]  # fmt: skip
+        jobs = [
+            (segs, neg)
+            for segs, neg in zip(self.segments[buffers.spec.row_group], (False, True))
+            if segs is not None
+        ]
         if not jobs:
             return None
         main = torch.cuda.current_stream()
         slices, rank = len(buffers.spec.slice_sizes), self.pool.max_rank
         # v is allocated on the main stream, which uses and frees it after the join
-        pending = [(torch.empty(x.shape[0], slices, rank, dtype=torch.float32, device=x.device),
-                    segs, self.prepared(buffers, layer, neg)) for segs, neg in jobs]  # fmt: skip
+        pending = [
+            (
+                torch.empty(x.shape[0], slices, rank, dtype=torch.float32, device=x.device),
+                segs,
+                self.prepared(buffers, layer, neg),
+            )
+            for segs, neg in jobs
+        ]
         self.side_stream.wait_stream(main)
         with torch.cuda.stream(self.side_stream):
             for v, segs, weights in pending:
                 self.backend.shrink(x, weights, segs, v)
         return pending
 
-    def finish(self, pending: list | None, y: torch.Tensor, x: torch.Tensor,
-               buffers: TargetBuffers, layer: int) -> None:  # fmt: skip
+    def finish(
+        self,
+        pending: list | None,
+        y: torch.Tensor,
+        x: torch.Tensor,
+        buffers: TargetBuffers,
+        layer: int,
+    ) -> None:
         if pending is None:
             self.apply(y, x, buffers, layer)
             return
@@ -138,8 +156,9 @@ class LoRARuntime:
 class LoRALinear(nn.Module):
     """A ``Linear`` plus the LoRA terms of its target and layer."""
 
-    def __init__(self, base: Linear, runtime: LoRARuntime, buffers: TargetBuffers,
-                 layer: int) -> None:  # fmt: skip
+    def __init__(
+        self, base: Linear, runtime: LoRARuntime, buffers: TargetBuffers, layer: int
+    ) -> None:
         super().__init__()
         self.base = base
         self.runtime = runtime
@@ -189,8 +208,9 @@ def lora_mode(seq_slots: list[int], merged_slot: int | None) -> str:
     return "merged" if all(s == merged_slot for s in seq_slots) else "mixture"
 
 
-def step_segments(seq_slots: list[int], query_lens: list[int], merged_slot: int | None,
-                  device) -> tuple[str, LoRASegments | None, LoRASegments | None]:  # fmt: skip
+def step_segments(
+    seq_slots: list[int], query_lens: list[int], merged_slot: int | None, device
+) -> tuple[str, LoRASegments | None, LoRASegments | None]:
     """The forward's (mode, own, correction) segments from each sequence's slot (-1: base).
 
     With merged slot m, rows of m need nothing; the others get their own adapter and the

@@ -53,22 +53,52 @@ def model_targets(cfg: ModelConfig) -> tuple[TargetSpec, ...]:
     lm = "model.layers.{layer}."
     block = "visual.blocks.{layer}."
     return (
-        TargetSpec("qkv_proj", "language", layers, h, (q, kv, kv),
-                   ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
-                   lm + "self_attn.qkv_proj"),
-        TargetSpec("o_proj", "language", layers, q, (h,), ("self_attn.o_proj",),
-                   lm + "self_attn.o_proj"),
-        TargetSpec("gate_up_proj", "language", layers, h, (inter, inter),
-                   ("mlp.gate_proj", "mlp.up_proj"), lm + "mlp.gate_up_proj"),
-        TargetSpec("down_proj", "language", layers, inter, (h,), ("mlp.down_proj",),
-                   lm + "mlp.down_proj"),
-        TargetSpec("visual.qkv", "vision", v.depth, e, (3 * e,), ("attn.qkv",),
-                   block + "attn.qkv"),
+        TargetSpec(
+            "qkv_proj",
+            "language",
+            layers,
+            h,
+            (q, kv, kv),
+            ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+            lm + "self_attn.qkv_proj",
+        ),
+        TargetSpec(
+            "o_proj", "language", layers, q, (h,), ("self_attn.o_proj",), lm + "self_attn.o_proj"
+        ),
+        TargetSpec(
+            "gate_up_proj",
+            "language",
+            layers,
+            h,
+            (inter, inter),
+            ("mlp.gate_proj", "mlp.up_proj"),
+            lm + "mlp.gate_up_proj",
+        ),
+        TargetSpec(
+            "down_proj", "language", layers, inter, (h,), ("mlp.down_proj",), lm + "mlp.down_proj"
+        ),
+        TargetSpec("visual.qkv", "vision", v.depth, e, (3 * e,), ("attn.qkv",), block + "attn.qkv"),
         TargetSpec("visual.proj", "vision", v.depth, e, (e,), ("attn.proj",), block + "attn.proj"),
         TargetSpec("visual.fc1", "vision", v.depth, e, (mlp,), ("mlp.fc1",), block + "mlp.fc1"),
         TargetSpec("visual.fc2", "vision", v.depth, mlp, (e,), ("mlp.fc2",), block + "mlp.fc2"),
-        TargetSpec("merger.0", "vision", 1, window, (window,), ("merger.mlp.0",),
-                   "visual.merger.mlp.0", "merger"),
-        TargetSpec("merger.2", "vision", 1, window, (h,), ("merger.mlp.2",),
-                   "visual.merger.mlp.2", "merger"),
-    )  # fmt: skip
+        TargetSpec(
+            "merger.0",
+            "vision",
+            1,
+            window,
+            (window,),
+            ("merger.mlp.0",),
+            "visual.merger.mlp.0",
+            "merger",
+        ),
+        TargetSpec(
+            "merger.2",
+            "vision",
+            1,
+            window,
+            (h,),
+            ("merger.mlp.2",),
+            "visual.merger.mlp.2",
+            "merger",
+        ),
+    )

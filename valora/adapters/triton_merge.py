@@ -6,13 +6,14 @@ import triton
 import triton.language as tl
 
 
+# fmt: off
 @triton.jit
 def merge_layers_kernel(
     pointers, ranks_ptr, scales_ptr, num_layers, N, K,
     stride_out, stride_w, stride_a, stride_b,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     DTYPE: tl.constexpr, FP32: tl.constexpr,
-):  # fmt: skip
+):
     """pointers [4, num_layers] int64: out, W0, A rows, B rows of each layer."""
     layer = tl.program_id(2)
     out_ptr = tl.load(pointers + layer).to(tl.pointer_type(DTYPE))
@@ -43,4 +44,5 @@ def merge_layers_kernel(
     w = tl.load(w0_ptr + offs_n[:, None] * stride_w + offs_k[None, :], mask=mask, other=0.0)
     merged = w.to(tl.float32) + scale * delta
     tl.store(out_ptr + offs_n[:, None] * stride_out + offs_k[None, :], merged.to(DTYPE),
-             mask=mask)  # fmt: skip
+             mask=mask)
+# fmt: on

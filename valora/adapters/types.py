@@ -61,8 +61,10 @@ class LoRAAdapter:
 
     @property
     def towers(self) -> set[str]:
-        return {"vision" if t.startswith(("visual.", "merger.")) else "language"
-                for t, _ in self.modules}  # fmt: skip
+        return {
+            "vision" if t.startswith(("visual.", "merger.")) else "language"
+            for t, _ in self.modules
+        }
 
     def pin_memory(self) -> LoRAAdapter:
         for m in self.modules.values():

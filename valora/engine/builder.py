@@ -45,8 +45,15 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     variants = _lora_variants(lora)
     num_blocks = num_kv_blocks(config, plan.model_config, dtype, len(variants))
     cfg = plan.model_config
-    kv_cache = KVCache(cfg.num_hidden_layers, num_blocks, config.block_size,
-                       cfg.num_key_value_heads, cfg.head_dim, dtype, config.device)  # fmt: skip
+    kv_cache = KVCache(
+        cfg.num_hidden_layers,
+        num_blocks,
+        config.block_size,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        dtype,
+        config.device,
+    )
     model.attn_backend = _attention_backend(kv_cache, config.device)
     block_manager = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
     max_len = min(sched_cfg.max_model_len, cfg.max_position_embeddings)
@@ -56,10 +63,21 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     policy.bind(num_blocks * config.block_size, overlay_merges=overlays)
     forward = _forward_strategy(config, model, kv_cache, lora, sched_cfg, variants)
     # one vision pass encodes at most a step's token budget of image tokens
-    runner = ModelRunner(model, kv_cache, forward=forward, lora=lora,
-                         encoder_budget=sched_cfg.max_num_batched_tokens)  # fmt: skip
-    parts = EngineParts(config, plan, model, tokenizer, policy, lora, block_manager, scheduler,
-                        runner, OutputProcessor(tokenizer, max_len))  # fmt: skip
+    runner = ModelRunner(
+        model, kv_cache, forward=forward, lora=lora, encoder_budget=sched_cfg.max_num_batched_tokens
+    )
+    parts = EngineParts(
+        config,
+        plan,
+        model,
+        tokenizer,
+        policy,
+        lora,
+        block_manager,
+        scheduler,
+        runner,
+        OutputProcessor(tokenizer, max_len),
+    )
     return LLMEngine(parts)
 
 
@@ -72,8 +90,9 @@ def resolve_device(config: EngineConfig) -> EngineConfig:
     return dataclasses.replace(config, device=device, dtype=dtype)
 
 
-def _lora_manager(config: EngineConfig, plan: WeightsPlan, model, policy,
-                  dtype: torch.dtype) -> LoRAManager | None:  # fmt: skip
+def _lora_manager(
+    config: EngineConfig, plan: WeightsPlan, model, policy, dtype: torch.dtype
+) -> LoRAManager | None:
     lora = config.lora
     if lora is None:
         return None
@@ -104,8 +123,9 @@ def _lora_variants(lora: LoRAManager | None) -> tuple[str, ...]:
     return ("unmerged", "mixture", "merged") if overlays else ("unmerged", "mixture")
 
 
-def _forward_strategy(config: EngineConfig, model, kv_cache: KVCache, lora, sched_cfg,
-                      variants: tuple[str, ...]):  # fmt: skip
+def _forward_strategy(
+    config: EngineConfig, model, kv_cache: KVCache, lora, sched_cfg, variants: tuple[str, ...]
+):
     """Captured decode graphs on CUDA (unless enforce_eager, or the attention backend reads
     host-side lengths, or the LoRA backend must re-prepare its pool views after adapter
     loads), eager forwards otherwise."""
@@ -118,9 +138,15 @@ def _forward_strategy(config: EngineConfig, model, kv_cache: KVCache, lora, sche
         return eager
     merger = None if lora is None else lora.merger
     overlays = merger is not None and merger.has_overlays
-    graphs = DecodeGraphs(model, kv_cache, sched_cfg.max_num_seqs, sched_cfg.max_model_len,
-                          runtime, ("none", *variants),
-                          merger.overlays_active if overlays else None)  # fmt: skip
+    graphs = DecodeGraphs(
+        model,
+        kv_cache,
+        sched_cfg.max_num_seqs,
+        sched_cfg.max_model_len,
+        runtime,
+        ("none", *variants),
+        merger.overlays_active if overlays else None,
+    )
     graphs.capture()
     return GraphForward(graphs, eager)
 

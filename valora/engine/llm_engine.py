@@ -138,8 +138,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
         key = self._resolve_adapter(adapter)
-        request = build_request(request_id, prompt, params, self.tokenizer, self.model_config,
-                                key)  # fmt: skip
+        request = build_request(request_id, prompt, params, self.tokenizer, self.model_config, key)
         max_len = self.scheduler.config.max_model_len
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
         if request.num_prompt_tokens >= min(max_len, capacity):
@@ -212,7 +211,8 @@ class LLMEngine:
             adapter_request_pins=0 if lora is None else lora.num_request_pins(),
             adapter_refs=0 if lora is None else lora.registry.num_refs(),
             merged_adapter=None if lora is None else lora.merged,
-            merge_overlays=lora is not None and lora.merger is not None
+            merge_overlays=lora is not None
+            and lora.merger is not None
             and lora.merger.has_overlays,
             pool_loads=pool.loads if pool else 0,
             pool_prefetches=pool.prefetches if pool else 0,

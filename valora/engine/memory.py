@@ -26,12 +26,14 @@ def usable_bytes(config: EngineConfig) -> float:
 
 
 def kv_bytes_per_token(cfg: ModelConfig, dtype: torch.dtype) -> int:
-    return KVCache.bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim,
-                                   dtype)  # fmt: skip
+    return KVCache.bytes_per_token(
+        cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype
+    )
 
 
-def overlays_fit(config: EngineConfig, cfg: ModelConfig, dtype: torch.dtype,
-                 need_bytes: int) -> bool:  # fmt: skip
+def overlays_fit(
+    config: EngineConfig, cfg: ModelConfig, dtype: torch.dtype, need_bytes: int
+) -> bool:
     """Whether the dense merge overlays of a quantized base get their memory (``quant_merge``
     "auto": at most half of what the KV cache would get; "on": an error if they do not fit)."""
     if not config.device.startswith("cuda"):
@@ -43,13 +45,16 @@ def overlays_fit(config: EngineConfig, cfg: ModelConfig, dtype: torch.dtype,
     else:
         fits = need_bytes <= usable / 2
     if config.quant_merge == "on" and not fits:
-        raise ValueError(f"quant_merge='on': the merge overlays need {need_bytes / 2**30:.1f} "
-                         f"GiB, {max(usable, 0) / 2**30:.1f} GiB is left")  # fmt: skip
+        raise ValueError(
+            f"quant_merge='on': the merge overlays need {need_bytes / 2**30:.1f} "
+            f"GiB, {max(usable, 0) / 2**30:.1f} GiB is left"
+        )
     return fits
 
 
-def num_kv_blocks(config: EngineConfig, cfg: ModelConfig, dtype: torch.dtype,
-                  num_graph_variants: int) -> int:  # fmt: skip
+def num_kv_blocks(
+    config: EngineConfig, cfg: ModelConfig, dtype: torch.dtype, num_graph_variants: int
+) -> int:
     """KV blocks from the budget (``num_token``), the CPU default, or the GPU memory left after
     the decode graphs' logits buffers (one per captured batch size and LoRA variant)."""
     if config.num_token is not None:

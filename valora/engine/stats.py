@@ -33,9 +33,13 @@ class EngineStats:
         self.switch_seconds += seconds
 
     def snapshot(self) -> dict:
-        return {"steps": dict(self.steps), "step_seconds": dict(self.step_seconds),
-                "step_tokens": dict(self.step_tokens), "switches": self.switches,
-                "switch_seconds": self.switch_seconds}  # fmt: skip
+        return {
+            "steps": dict(self.steps),
+            "step_seconds": dict(self.step_seconds),
+            "step_tokens": dict(self.step_tokens),
+            "switches": self.switches,
+            "switch_seconds": self.switch_seconds,
+        }
 
 
 @dataclass(frozen=True)
@@ -69,5 +73,9 @@ class EngineSnapshot:
     @property
     def is_idle(self) -> bool:
         """Nothing unfinished, and nothing (blocks, pins, refs) left held."""
-        return not (self.num_unfinished or self.kv_blocks_in_use or self.adapter_request_pins
-                    or self.adapter_refs)  # fmt: skip
+        return not (
+            self.num_unfinished
+            or self.kv_blocks_in_use
+            or self.adapter_request_pins
+            or self.adapter_refs
+        )

@@ -35,8 +35,12 @@ class WarmupReport(NamedTuple):
     kernel_configs: int  # LoRA configs and quantized-GEMM M buckets (calls) precompiled
 
 
-def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
-           num_adapters: int = 3, decode_tokens: int = 4) -> WarmupReport:  # fmt: skip
+def warmup(
+    engine: LLMEngine,
+    lengths: tuple[int, ...] = (16, 256, 2048),
+    num_adapters: int = 3,
+    decode_tokens: int = 4,
+) -> WarmupReport:
     """Precompile the LoRA kernels, then run the warm-up requests to completion."""
     start = time.perf_counter()
     configs = precompile_lora(engine) + precompile_quant(engine)
@@ -49,8 +53,11 @@ def warmup(engine: LLMEngine, lengths: tuple[int, ...] = (16, 256, 2048),
     )
     rng = np.random.default_rng(0)
     sizes = [min(n, limit) - decode_tokens for n in lengths if min(n, limit) > decode_tokens]
-    prompts = [({"prompt_token_ids": rng.integers(1000, 20000, size=size).tolist()}, adapter)
-               for size in sizes for adapter in adapters]  # fmt: skip
+    prompts = [
+        ({"prompt_token_ids": rng.integers(1000, 20000, size=size).tolist()}, adapter)
+        for size in sizes
+        for adapter in adapters
+    ]
     prompts += [(_image_prompt(engine), adapter) for adapter in adapters[:2]]
     params = SamplingParams(temperature=0.0, max_tokens=decode_tokens, ignore_eos=True)
     for i, (prompt, adapter) in enumerate(prompts):
@@ -97,11 +104,15 @@ def lora_kernel_limits(engine: LLMEngine) -> list[tuple]:
     sched = engine.scheduler.config
     windows = max(sched.max_model_len, sched.max_num_batched_tokens)
     patches = windows * engine.model_config.vision.spatial_merge_size**2
-    limits = {"language": (sched.max_num_batched_tokens, sched.max_num_seqs),
-              "vision": (patches, sched.max_num_seqs),
-              "merger": (windows, sched.max_num_seqs)}  # fmt: skip
-    return [(buffers.weights[0], *limits[buffers.spec.row_group])
-            for buffers in engine.lora.pool.targets.values()]  # fmt: skip
+    limits = {
+        "language": (sched.max_num_batched_tokens, sched.max_num_seqs),
+        "vision": (patches, sched.max_num_seqs),
+        "merger": (windows, sched.max_num_seqs),
+    }
+    return [
+        (buffers.weights[0], *limits[buffers.spec.row_group])
+        for buffers in engine.lora.pool.targets.values()
+    ]
 
 
 def precompile_quant(engine: LLMEngine) -> int:

@@ -49,8 +49,9 @@ def plan_weights(model: str, quantization: str) -> WeightsPlan:
     """Reads only the config (ValueError on an unknown setting, an unknown or conflicting
     quantization, or an unsupported checkpoint format)."""
     if quantization not in QUANTIZATION_CHOICES:
-        raise ValueError(f"unknown quantization {quantization!r}; choose one of "
-                         f"{list(QUANTIZATION_CHOICES)}")  # fmt: skip
+        raise ValueError(
+            f"unknown quantization {quantization!r}; choose one of {list(QUANTIZATION_CHOICES)}"
+        )
     if is_model_setting(model):
         return WeightsPlan(model, ModelConfig.from_setting(model), quantization, None)
     if not Path(model).is_dir():
@@ -61,14 +62,17 @@ def plan_weights(model: str, quantization: str) -> WeightsPlan:
     spec = parse_quant_config(cfg.quantization_config)
     effective = f"w{spec.bits}a16"
     if quantization not in ("none", effective):
-        raise ValueError(f"the checkpoint is {spec.method.upper()} {spec.bits}-bit "
-                         f"({effective}); quantization={quantization!r} conflicts with it "
-                         "(leave it 'none' or pass the checkpoint's)")  # fmt: skip
+        raise ValueError(
+            f"the checkpoint is {spec.method.upper()} {spec.bits}-bit "
+            f"({effective}); quantization={quantization!r} conflicts with it "
+            "(leave it 'none' or pass the checkpoint's)"
+        )
     return WeightsPlan(model, cfg, effective, spec)
 
 
-def load_weights(plan: WeightsPlan, dtype: torch.dtype, device: str,
-                 seed: int) -> Qwen2VLForConditionalGeneration:  # fmt: skip
+def load_weights(
+    plan: WeightsPlan, dtype: torch.dtype, device: str, seed: int
+) -> Qwen2VLForConditionalGeneration:
     """The model on ``device`` with the plan's weights (and its quantization applied)."""
     net = build_model(plan.model_config, dtype, device)
     if plan.is_dummy:

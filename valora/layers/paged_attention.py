@@ -42,8 +42,9 @@ class PagedAttentionMetadata:
         if any(q <= 0 or q > c for q, c in zip(query_lens, context_lens)):
             raise ValueError("each sequence needs 1 <= query_len <= context_len")
         slots = slot_mapping(query_lens, context_lens, block_tables, block_size)
-        return cls.from_arrays(query_lens, context_lens, slots, padded_block_tables(block_tables),
-                               device)  # fmt: skip
+        return cls.from_arrays(
+            query_lens, context_lens, slots, padded_block_tables(block_tables), device
+        )
 
     @classmethod
     def from_arrays(
@@ -82,8 +83,9 @@ def slot_mapping(
             parts.append((table[pos // block_size] * block_size + pos % block_size,))
             continue
         pos = np.arange(c - q, c)
-        parts.append(np.asarray(table, dtype=np.int64)[pos // block_size] * block_size
-                     + pos % block_size)  # fmt: skip
+        parts.append(
+            np.asarray(table, dtype=np.int64)[pos // block_size] * block_size + pos % block_size
+        )
     if all(len(p) == 1 for p in parts):
         return np.array([p[0] for p in parts], dtype=np.int64)
     return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])

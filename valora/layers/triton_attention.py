@@ -41,21 +41,26 @@ _MIN_SPLIT_TOKENS = 128  # fewer tokens per split than this is not worth a reduc
 _MAX_SPLITS = 32
 
 
+# fmt: off
 @triton.jit
 def _kv_offsets(tables_ptr, pos, valid, kv_head, stride_b, stride_s, stride_h, BLOCK_SIZE):
     """Row offsets [BLOCK_N] into a layer's cache of the tokens at ``pos`` (one sequence)."""
     block = tl.load(tables_ptr + pos // BLOCK_SIZE, mask=valid, other=0).to(tl.int64)
     return block * stride_b + (pos % BLOCK_SIZE) * stride_s + kv_head * stride_h
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _split_len(ctx, num_splits, MIN_SPLIT: tl.constexpr, BLOCK_N: tl.constexpr):
     """Tokens per split of one sequence: ctx / num_splits, at least MIN_SPLIT, rounded up to a
     multiple of BLOCK_N (only a split's last tile is ragged). Splits past ctx have no work."""
     per_split = tl.maximum(tl.cdiv(ctx, num_splits), MIN_SPLIT)
     return tl.cdiv(per_split, BLOCK_N) * BLOCK_N
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale):
     """One KV tile of flash attention: scores in log2 units, running max/sum/accumulator."""
@@ -67,8 +72,10 @@ def _online_softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale):
     l_i = l_i * alpha + tl.sum(p, 1)
     pv = tl.dot(p.to(q.dtype), v.to(q.dtype), input_precision="ieee")
     return m_new, l_i, acc * alpha[:, None] + pv
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _decode_split_kernel(
     q_ptr, k_ptr, v_ptr, tables_ptr, ctx_ptr, part_acc_ptr, part_lse_ptr,
@@ -78,7 +85,7 @@ def _decode_split_kernel(
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     MIN_SPLIT: tl.constexpr,
-):  # fmt: skip
+):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -105,7 +112,7 @@ def _decode_split_kernel(
             rows = _kv_offsets(
                 tables_ptr + seq * stride_tb, pos, valid, kv_head,
                 stride_kb, stride_ks, stride_kh, BLOCK_SIZE,
-            )  # fmt: skip
+            )
             mask_nd = valid[:, None] & mask_d[None, :]
             k = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=mask_nd, other=0.0)
             v = tl.load(v_ptr + rows[:, None] + offs_d[None, :], mask=mask_nd, other=0.0)
@@ -114,8 +121,10 @@ def _decode_split_kernel(
         tl.store(part_acc_ptr + p_off[:, None] + offs_d[None, :], acc / l_i[:, None], mask=mask_hd)
         l_off = seq * stride_lb + heads * stride_lh + split
         tl.store(part_lse_ptr + l_off, m_i + tl.log2(l_i), mask=mask_h)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _decode_reduce_kernel(
     part_acc_ptr, part_lse_ptr, ctx_ptr, out_ptr,
@@ -123,7 +132,7 @@ def _decode_reduce_kernel(
     num_splits,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
     MIN_SPLIT: tl.constexpr,
-):  # fmt: skip
+):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     ctx = tl.load(ctx_ptr + seq)
@@ -146,8 +155,10 @@ def _decode_reduce_kernel(
     out = acc / total
     o_off = seq * stride_ot + head * stride_oh + offs_d
     tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=mask_d)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _extend_kernel(
     q_ptr, k_ptr, v_ptr, out_ptr, tables_ptr, ctx_ptr, qstart_ptr,
@@ -155,7 +166,7 @@ def _extend_kernel(
     qk_scale,
     HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
+):
     seq = tl.program_id(0)
     head = tl.program_id(1)
     m0 = tl.program_id(2) * BLOCK_M
@@ -183,7 +194,7 @@ def _extend_kernel(
             rows = _kv_offsets(
                 tables_ptr + seq * stride_tb, pos, in_range, kv_head,
                 stride_kb, stride_ks, stride_kh, BLOCK_SIZE,
-            )  # fmt: skip
+            )
             mask_nd = in_range[:, None] & mask_d[None, :]
             k = tl.load(k_ptr + rows[:, None] + offs_d[None, :], mask=mask_nd, other=0.0)
             v = tl.load(v_ptr + rows[:, None] + offs_d[None, :], mask=mask_nd, other=0.0)
@@ -192,6 +203,7 @@ def _extend_kernel(
         o_off = tokens[:, None] * stride_ot + head * stride_oh + offs_d[None, :]
         out = acc / l_i[:, None]
         tl.store(out_ptr + o_off, out.to(out_ptr.dtype.element_ty), mask=mask_md)
+# fmt: on
 
 
 def _check_inputs(q, k_cache, v_cache, meta: PagedAttentionMetadata) -> None:
@@ -226,10 +238,20 @@ def _tiles(device: torch.device, head_dim: int) -> dict[str, int]:
     if device.type != "cuda":  # interpreter: tiny splits, so that small tests split
         return {"BLOCK_M": 16, "BLOCK_N": 16, "MIN_SPLIT": 16, "num_warps": 4, "num_stages": 1}
     if head_dim <= 128:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "MIN_SPLIT": _MIN_SPLIT_TOKENS, "num_warps": 4,
-                "num_stages": 2}  # fmt: skip
-    return {"BLOCK_M": 32, "BLOCK_N": 32, "MIN_SPLIT": _MIN_SPLIT_TOKENS, "num_warps": 4,
-            "num_stages": 2}  # fmt: skip
+        return {
+            "BLOCK_M": 64,
+            "BLOCK_N": 64,
+            "MIN_SPLIT": _MIN_SPLIT_TOKENS,
+            "num_warps": 4,
+            "num_stages": 2,
+        }
+    return {
+        "BLOCK_M": 32,
+        "BLOCK_N": 32,
+        "MIN_SPLIT": _MIN_SPLIT_TOKENS,
+        "num_warps": 4,
+        "num_stages": 2,
+    }
 
 
 def num_kv_splits_for(batch: int, num_kv_heads: int, device: torch.device) -> int:
@@ -295,27 +317,67 @@ def _launch_decode(q, k_cache, v_cache, meta, qk_scale, out, common, batch, spli
     part_lse = torch.empty(batch, num_q_heads, splits, dtype=torch.float32, device=q.device)
     block_h = max(16, triton.next_power_of_2(common["GROUP"]))
     _decode_split_kernel[(batch, k_cache.shape[2], splits)](
-        q, k_cache, v_cache, meta.block_tables, meta.context_lens_tensor, part_acc, part_lse,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        meta.block_tables.stride(0), *part_acc.stride()[:3], *part_lse.stride()[:2],
-        qk_scale, splits, BLOCK_H=block_h, MIN_SPLIT=min_split, **common,
-    )  # fmt: skip
+        q,
+        k_cache,
+        v_cache,
+        meta.block_tables,
+        meta.context_lens_tensor,
+        part_acc,
+        part_lse,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        meta.block_tables.stride(0),
+        *part_acc.stride()[:3],
+        *part_lse.stride()[:2],
+        qk_scale,
+        splits,
+        BLOCK_H=block_h,
+        MIN_SPLIT=min_split,
+        **common,
+    )
     _decode_reduce_kernel[(batch, num_q_heads)](
-        part_acc, part_lse, meta.context_lens_tensor, out,
-        *part_acc.stride()[:3], *part_lse.stride()[:2], out.stride(0), out.stride(1), splits,
-        HEAD_DIM=head_dim, BLOCK_D=common["BLOCK_D"], BLOCK_N=common["BLOCK_N"],
-        MIN_SPLIT=min_split, num_warps=common["num_warps"],
-    )  # fmt: skip
+        part_acc,
+        part_lse,
+        meta.context_lens_tensor,
+        out,
+        *part_acc.stride()[:3],
+        *part_lse.stride()[:2],
+        out.stride(0),
+        out.stride(1),
+        splits,
+        HEAD_DIM=head_dim,
+        BLOCK_D=common["BLOCK_D"],
+        BLOCK_N=common["BLOCK_N"],
+        MIN_SPLIT=min_split,
+        num_warps=common["num_warps"],
+    )
 
 
 def _launch_extend(q, k_cache, v_cache, meta, qk_scale, out, common, batch, max_q, block_m):
     grid = (batch, q.shape[1], triton.cdiv(max_q, block_m))
     _extend_kernel[grid](
-        q, k_cache, v_cache, out, meta.block_tables, meta.context_lens_tensor, meta.query_start,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        meta.block_tables.stride(0), out.stride(0), out.stride(1),
-        qk_scale, BLOCK_M=block_m, **common,
-    )  # fmt: skip
+        q,
+        k_cache,
+        v_cache,
+        out,
+        meta.block_tables,
+        meta.context_lens_tensor,
+        meta.query_start,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        k_cache.stride(2),
+        meta.block_tables.stride(0),
+        out.stride(0),
+        out.stride(1),
+        qk_scale,
+        BLOCK_M=block_m,
+        **common,
+    )
 
 
 class TritonPagedAttention:

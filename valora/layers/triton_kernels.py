@@ -21,18 +21,21 @@ import triton.language as tl
 from valora.layers.kernels import TorchKernels
 
 
+# fmt: off
 @triton.jit
 def _round(x, dtype):
     """Round fp32 ``x`` to ``dtype`` and back: what storing an intermediate in dtype does."""
     return x.to(dtype).to(tl.float32)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, sum_ptr,
     stride_x, stride_r, stride_o, stride_s, hidden, eps,
     HAS_RESIDUAL: tl.constexpr, BLOCK: tl.constexpr,
-):  # fmt: skip
+):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
@@ -47,12 +50,14 @@ def _rms_norm_kernel(
     normed = _round(x * tl.rsqrt(variance + eps), dtype)
     w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * stride_o + offs, (w * normed).to(dtype), mask=mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _silu_and_mul_kernel(
     x_ptr, out_ptr, stride_x, stride_o, inter, BLOCK: tl.constexpr,
-):  # fmt: skip
+):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < inter
@@ -62,13 +67,15 @@ def _silu_and_mul_kernel(
     g = gate.to(tl.float32)
     silu = _round(g / (1.0 + tl.exp(-g)), dtype)
     tl.store(out_ptr + row * stride_o + cols, (silu * up.to(tl.float32)).to(dtype), mask=mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _rotate_heads(
     base, stride_h, num_heads, c1, c2, s1, s2,
     HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-):  # fmt: skip
+):
     """In place for heads [0, num_heads) of one token: (x1, x2) -> (x1 c1 - x2 s1, x2 c2 + x1 s2),
     each product and the sum rounded to the dtype (x * cos + rotate_half(x) * sin)."""
     offs_h = tl.arange(0, BLOCK_H)
@@ -84,15 +91,17 @@ def _rotate_heads(
     o2 = _round(x2 * c2, dtype) + _round(x1 * s2, dtype)
     tl.store(ptr, o1.to(dtype), mask=mask)
     tl.store(ptr + HALF, o2.to(dtype), mask=mask)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, cos_ptr, sin_ptr,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_ct, stride_st,
     num_q_heads, num_kv_heads,
     HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-):  # fmt: skip
+):
     t = tl.program_id(0).to(tl.int64)
     offs_d = tl.arange(0, BLOCK_HALF)[None, :]  # [1, BLOCK_HALF]
     mask_d = offs_d < HALF
@@ -101,17 +110,19 @@ def _rotary_kernel(
     s1 = tl.load(sin_ptr + t * stride_st + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + t * stride_st + HALF + offs_d, mask=mask_d, other=0.0).to(tl.float32)
     _rotate_heads(q_ptr + t * stride_qt, stride_qh, num_q_heads, c1, c2, s1, s2,
-                  HALF, BLOCK_H, BLOCK_HALF)  # fmt: skip
+                  HALF, BLOCK_H, BLOCK_HALF)
     _rotate_heads(k_ptr + t * stride_kt, stride_kh, num_kv_heads, c1, c2, s1, s2,
-                  HALF, BLOCK_H, BLOCK_HALF)  # fmt: skip
+                  HALF, BLOCK_H, BLOCK_HALF)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _write_kv_kernel(
     k_ptr, v_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
     stride_kt, stride_vt, stride_cache_slot, row_len,
     BLOCK: tl.constexpr,
-):  # fmt: skip
+):
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slots_ptr + t).to(tl.int64)
     offs = tl.arange(0, BLOCK)
@@ -122,6 +133,7 @@ def _write_kv_kernel(
         dst = slot * stride_cache_slot + start + offs
         tl.store(k_cache_ptr + dst, k.to(k_cache_ptr.dtype.element_ty), mask=mask)
         tl.store(v_cache_ptr + dst, v.to(v_cache_ptr.dtype.element_ty), mask=mask)
+# fmt: on
 
 
 def write_kv_cache(
@@ -143,9 +155,17 @@ def write_kv_cache(
     row_len = num_kv_heads * head_dim
     if num_tokens:
         _write_kv_kernel[(num_tokens,)](
-            k, v, k_cache, v_cache, slots, k.stride(0), v.stride(0), row_len, row_len,
+            k,
+            v,
+            k_cache,
+            v_cache,
+            slots,
+            k.stride(0),
+            v.stride(0),
+            row_len,
+            row_len,
             BLOCK=min(1024, triton.next_power_of_2(row_len)),
-        )  # fmt: skip
+        )
 
 
 def _new_output(rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
@@ -206,11 +226,22 @@ class TritonKernels(TorchKernels):
         if num_tokens:
             half = head_dim // 2
             _rotary_kernel[(num_tokens,)](
-                q, k, cos, sin, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
-                cos.stride(0), sin.stride(0), q.shape[1], k.shape[1], HALF=half,
+                q,
+                k,
+                cos,
+                sin,
+                q.stride(0),
+                q.stride(1),
+                k.stride(0),
+                k.stride(1),
+                cos.stride(0),
+                sin.stride(0),
+                q.shape[1],
+                k.shape[1],
+                HALF=half,
                 BLOCK_H=triton.next_power_of_2(max(q.shape[1], k.shape[1])),
                 BLOCK_HALF=triton.next_power_of_2(half),
-            )  # fmt: skip
+            )
         return q, k
 
 
@@ -228,9 +259,20 @@ def _launch_norm(x, residual, weight, eps):
     if rows.shape[0]:
         block = triton.next_power_of_2(hidden)
         _rms_norm_kernel[(rows.shape[0],)](
-            rows, res, weight, out, summed, rows.stride(0), res.stride(0), out.stride(0),
-            summed.stride(0), hidden, eps, HAS_RESIDUAL=residual is not None, BLOCK=block,
+            rows,
+            res,
+            weight,
+            out,
+            summed,
+            rows.stride(0),
+            res.stride(0),
+            out.stride(0),
+            summed.stride(0),
+            hidden,
+            eps,
+            HAS_RESIDUAL=residual is not None,
+            BLOCK=block,
             num_warps=_norm_warps(block),
-        )  # fmt: skip
+        )
     shape = x.shape
     return out.view(shape), (summed.view(shape) if residual is not None else None)

@@ -53,8 +53,13 @@ class Policy:
     def order(self, waiting: Iterable[Request], running: list[Request]) -> Iterable[Request]:
         return list(waiting)
 
-    def plan(self, waiting: Iterable[Request], running: list[Request],
-             merged: AdapterKey | None, now: float) -> Plan:  # fmt: skip
+    def plan(
+        self,
+        waiting: Iterable[Request],
+        running: list[Request],
+        merged: AdapterKey | None,
+        now: float,
+    ) -> Plan:
         return Plan()
 
     def observe(self, record: StepRecord) -> None:

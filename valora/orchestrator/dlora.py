@@ -40,8 +40,13 @@ class DLoRAPolicy(Policy):
         self._tokens = {"merged": 0, "unmerged": 0}
         self._seconds = {"merged": 0.0, "unmerged": 0.0}
 
-    def plan(self, waiting: Iterable[Request], running: list[Request],
-             merged: AdapterKey | None, now: float) -> Plan:  # fmt: skip
+    def plan(
+        self,
+        waiting: Iterable[Request],
+        running: list[Request],
+        merged: AdapterKey | None,
+        now: float,
+    ) -> Plan:
         waiting = list(waiting)
         counts = demand([*running, *waiting])
         total = sum(counts.values())
@@ -51,8 +56,9 @@ class DLoRAPolicy(Policy):
                 return self._merged_plan(top)
             return Plan()
         share = counts.get(merged, 0) / max(total, 1)
-        credit = max((now - r.arrival_time for r in waiting if adapter_key(r) != merged),
-                     default=0.0)  # fmt: skip
+        credit = max(
+            (now - r.arrival_time for r in waiting if adapter_key(r) != merged), default=0.0
+        )
         if counts.get(merged, 0) == 0 or share < self.beta or credit > self.starvation_s:
             self._adapt()
             return Plan()

@@ -65,8 +65,15 @@ class StepCostModel:
         self._since_fit = 0
 
     def observe(self, record: StepRecord, overlay: bool = False) -> None:
-        self._rows.append((record.num_tokens, record.num_lora_rows, record.num_segments,
-                           float(overlay), record.seconds))  # fmt: skip
+        self._rows.append(
+            (
+                record.num_tokens,
+                record.num_lora_rows,
+                record.num_segments,
+                float(overlay),
+                record.seconds,
+            )
+        )
         self._since_fit += 1
         if self._since_fit >= self._refit_every and len(self._rows) >= 32:
             self._refit()
@@ -92,8 +99,9 @@ class VaLoRAPolicy(Policy):
     backend = "atmm"
     can_merge = True
 
-    def __init__(self, max_wait_s: float = 6.0, force_mode: str | None = None,
-                 margin: float = 1.5) -> None:  # fmt: skip
+    def __init__(
+        self, max_wait_s: float = 6.0, force_mode: str | None = None, margin: float = 1.5
+    ) -> None:
         if force_mode not in (None, "unmerged", "merged", "mixture"):
             raise ValueError(f"force_mode must be unmerged, merged or mixture, got {force_mode!r}")
         self.max_wait_s, self.force_mode, self.margin = max_wait_s, force_mode, margin
@@ -118,8 +126,13 @@ class VaLoRAPolicy(Policy):
     def _is_merged(self, request: Request) -> bool:
         return self._merged is not None and adapter_key(request) == self._merged
 
-    def plan(self, waiting: Iterable[Request], running: list[Request],
-             merged: AdapterKey | None, now: float) -> Plan:  # fmt: skip
+    def plan(
+        self,
+        waiting: Iterable[Request],
+        running: list[Request],
+        merged: AdapterKey | None,
+        now: float,
+    ) -> Plan:
         requests = [*running, *waiting]
         counts = demand(requests)
         target = self._choose(requests, counts, merged)

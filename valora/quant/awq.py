@@ -111,15 +111,17 @@ def output_error(weight: torch.Tensor, effective: torch.Tensor, hessian: torch.T
     return float(((delta @ hessian) * delta).sum())
 
 
-def effective_weight(weight: torch.Tensor, scales: torch.Tensor, bits: int,
-                     group_size: int) -> tuple[QuantizedWeight, torch.Tensor]:  # fmt: skip
+def effective_weight(
+    weight: torch.Tensor, scales: torch.Tensor, bits: int, group_size: int
+) -> tuple[QuantizedWeight, torch.Tensor]:
     """-> (Q(W s), dequant(Q(W s)) / s [N, K]): what the scaled layer computes with."""
     q = quantize_rtn(weight.float() * scales, bits, group_size, sym=False)
     return q, dequantize(q) / scales
 
 
-def search_scales(weight: torch.Tensor, hessian: torch.Tensor, mean_abs: torch.Tensor, bits: int,
-                  group_size: int) -> tuple[float, torch.Tensor, list[float]]:  # fmt: skip
+def search_scales(
+    weight: torch.Tensor, hessian: torch.Tensor, mean_abs: torch.Tensor, bits: int, group_size: int
+) -> tuple[float, torch.Tensor, list[float]]:
     """-> (best alpha, its scales [K], the loss of every alpha on the grid; [0] is RTN's)."""
     losses, best = [], None
     for i in range(GRID):
@@ -136,8 +138,7 @@ def _relative_error(effective: torch.Tensor, weight: torch.Tensor) -> float:
     return float((effective - weight).norm() / weight.norm())
 
 
-def quantize_layer(model, layer: int, stats: InputStats, bits: int,
-                   group_size: int) -> AwqResult:  # fmt: skip
+def quantize_layer(model, layer: int, stats: InputStats, bits: int, group_size: int) -> AwqResult:
     """Search, fold and quantize the scale groups of one decoder layer (in place on ``model``:
     the folds). The layer's linears in no group are quantized RTN with zero points."""
     quantized, errors, alphas = {}, {}, {}
@@ -146,8 +147,9 @@ def quantize_layer(model, layer: int, stats: InputStats, bits: int,
         weight = model.get_submodule(path).weight.detach().float().clone()  # [N, K], unscaled
         device = weight.device
         hessian = stats.hessians[path].to(device)
-        alpha, s, _ = search_scales(weight, hessian, stats.mean_abs(path).to(device), bits,
-                                    group_size)  # fmt: skip
+        alpha, s, _ = search_scales(
+            weight, hessian, stats.mean_abs(path).to(device), bits, group_size
+        )
         fold_scales(model, group, s)
         quantized[path], effective = effective_weight(weight, s, bits, group_size)
         errors[path], alphas[path] = _relative_error(effective, weight), alpha
@@ -169,5 +171,8 @@ def awq_quantize_model(model, stats: InputStats, bits: int, group_size: int) -> 
         errors.update(result.errors)
         alphas.update(result.alphas)
     order = [path for path, _ in lm_linears(model)]  # the other methods' order
-    return AwqResult({p: quantized[p] for p in order}, {p: errors[p] for p in order},
-                     {p: alphas[p] for p in order})  # fmt: skip
+    return AwqResult(
+        {p: quantized[p] for p in order},
+        {p: errors[p] for p in order},
+        {p: alphas[p] for p in order},
+    )

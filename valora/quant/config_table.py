@@ -47,8 +47,7 @@ def _table(gpu: str, dtype: torch.dtype) -> dict[str, dict]:
 
 
 @cache
-def get_config(m: int, n: int, k: int, bits: int, dtype: torch.dtype,
-               device: torch.device) -> dict:  # fmt: skip
+def get_config(m: int, n: int, k: int, bits: int, dtype: torch.dtype, device: torch.device) -> dict:
     """The tuned entry of this bucket on this GPU and dtype, else the default (memoised: one dict
     lookup per call). Callers must not mutate the result. A tuned gemv entry serves M = 1 only;
     other M of its bucket (none: bucket 1 holds M = 1 alone) would get the default."""
@@ -72,8 +71,13 @@ def default_config(m: int, n: int, k: int, num_sms: int) -> dict:
     else:
         block_m = 16 if m <= 16 else (32 if m <= 32 else 64)
         tiles, block_k = triton.cdiv(m, block_m) * triton.cdiv(n, 64), 128
-        config = {"kernel": "dot", "BLOCK_M": block_m, "BLOCK_N": 64, "BLOCK_K": block_k,
-                  "num_warps": 4}  # fmt: skip
+        config = {
+            "kernel": "dot",
+            "BLOCK_M": block_m,
+            "BLOCK_N": 64,
+            "BLOCK_K": block_k,
+            "num_warps": 4,
+        }
     split = max(1, min(k // (4 * block_k), triton.cdiv(2 * num_sms, tiles)))
     return config | {"SPLIT_K": split, "UNPACK": "planes", "num_stages": 3}
 

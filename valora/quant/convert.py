@@ -37,8 +37,9 @@ def replace_module(model: nn.Module, path: str, module: nn.Module) -> None:
 
 
 @torch.no_grad()
-def quantize_model_rtn(model: nn.Module, method: str, group_size: int = 128,
-                       sym: bool = False) -> None:  # fmt: skip
+def quantize_model_rtn(
+    model: nn.Module, method: str, group_size: int = 128, sym: bool = False
+) -> None:
     """In place: every LM linear -> QuantLinear (RTN, ``method`` w4a16 | w8a16)."""
     if method not in METHODS:
         raise ValueError(f"unknown quantization {method!r}; choose one of {sorted(METHODS)}")
@@ -47,5 +48,4 @@ def quantize_model_rtn(model: nn.Module, method: str, group_size: int = 128,
         quantized = quantize_rtn(weight.float(), METHODS[method], group_size, sym)
         quantized = quantized.to(weight.device)  # scales stay fp16, as GPTQ stores them
         bias = None if linear.bias is None else linear.bias.detach()
-        replace_module(model, path, QuantLinear(quantized, linear.output_sizes, bias,
-                                                weight.dtype))  # fmt: skip
+        replace_module(model, path, QuantLinear(quantized, linear.output_sizes, bias, weight.dtype))

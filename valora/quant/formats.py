@@ -64,8 +64,9 @@ def _resolve_group_size(group_size: int, k: int) -> int:
 
 def _check_gptq_format(checkpoint_format: str) -> None:
     if checkpoint_format not in GPTQ_FORMATS:
-        raise ValueError(f"unsupported GPTQ checkpoint_format {checkpoint_format!r}: "
-                         f"one of {GPTQ_FORMATS}")  # fmt: skip
+        raise ValueError(
+            f"unsupported GPTQ checkpoint_format {checkpoint_format!r}: one of {GPTQ_FORMATS}"
+        )
 
 
 def _trivial_g_idx(k: int, group_size: int, device: torch.device) -> torch.Tensor:
@@ -241,8 +242,10 @@ def _parse_awq(d: dict[str, Any]) -> QuantSpec:
         raise ValueError(f"AWQ with {bits} bits is not supported: 4 only")
     version = str(d.get("version") or d.get("format") or "gemm").lower()
     if version != "gemm":
-        raise ValueError(f"AWQ version {version!r} is not supported: only 'gemm' checkpoints "
-                         "(AutoAWQ's default layout) can be loaded")  # fmt: skip
+        raise ValueError(
+            f"AWQ version {version!r} is not supported: only 'gemm' checkpoints "
+            "(AutoAWQ's default layout) can be loaded"
+        )
     if not d.get("zero_point", True):
         raise ValueError("AWQ without zero points (zero_point: false) is not supported")
     return QuantSpec(
@@ -267,5 +270,7 @@ def parse_quant_config(d: dict[str, Any]) -> QuantSpec:
         return _parse_gptq(d)
     if method == "awq":
         return _parse_awq(d)
-    raise ValueError(f"quantization method {method!r} is not supported: "
-                     "only GPTQ ('gptq') and AWQ ('awq', version 'gemm') checkpoints")  # fmt: skip
+    raise ValueError(
+        f"quantization method {method!r} is not supported: "
+        "only GPTQ ('gptq') and AWQ ('awq', version 'gemm') checkpoints"
+    )

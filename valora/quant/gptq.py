@@ -30,9 +30,16 @@ def _group_params(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int,
-                  sym: bool = False, act_order: bool = False, damp: float = 0.01,
-                  block: int = 128) -> QuantizedWeight:  # fmt: skip
+def gptq_quantize(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    group_size: int,
+    sym: bool = False,
+    act_order: bool = False,
+    damp: float = 0.01,
+    block: int = 128,
+) -> QuantizedWeight:
     w = weight.detach().float().clone()  # [N, K]
     n, k = w.shape
     group_size = k if group_size == -1 else group_size
@@ -65,8 +72,13 @@ def gptq_quantize(weight: torch.Tensor, hessian: torch.Tensor, bits: int, group_
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
     inverse = torch.argsort(perm)
     g_idx = (inverse // group_size).to(torch.int32)  # group of each original input row
-    out = QuantizedWeight(pack_rows(codes[:, inverse].t().contiguous(), bits),
-                          torch.stack(scales).half(), torch.stack(zeros).to(torch.int32),
-                          g_idx if act_order else None, bits, group_size)  # fmt: skip
+    out = QuantizedWeight(
+        pack_rows(codes[:, inverse].t().contiguous(), bits),
+        torch.stack(scales).half(),
+        torch.stack(zeros).to(torch.int32),
+        g_idx if act_order else None,
+        bits,
+        group_size,
+    )
     out.validate()
     return out

@@ -26,8 +26,13 @@ from valora.quant.types import QuantizedWeight
 class QuantLinear(nn.Module):
     """y = x @ W^T + b with W quantized; ``output_sizes`` as in ``Linear`` (stacked slices)."""
 
-    def __init__(self, weight: QuantizedWeight, output_sizes: Sequence[int],
-                 bias: torch.Tensor | None, dtype: torch.dtype) -> None:  # fmt: skip
+    def __init__(
+        self,
+        weight: QuantizedWeight,
+        output_sizes: Sequence[int],
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+    ) -> None:
         super().__init__()
         weight.validate()
         self.quantized = weight

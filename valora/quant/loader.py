@@ -23,8 +23,7 @@ from valora.quant.types import QuantizedWeight
 PACKED = (".qweight", ".qzeros", ".scales", ".g_idx")
 
 
-def install_quantized_linears(model, path: str | Path,
-                              config: dict) -> Callable[[str], bool]:  # fmt: skip
+def install_quantized_linears(model, path: str | Path, config: dict) -> Callable[[str], bool]:
     """Replace every LM linear the checkpoint quantizes; returns the filter of the tensor names
     consumed here (for ``load_checkpoint``'s ``skip``)."""
     from valora.weights import canonical_name, checkpoint_files
@@ -44,8 +43,9 @@ def install_quantized_linears(model, path: str | Path,
         weight = stack([convert(tensors, n, spec) for n in names], module_path)
         device, dtype = linear.weight.device, linear.weight.dtype
         bias = None if linear.bias is None else linear.bias.detach()
-        replace_module(model, module_path, QuantLinear(weight.to(device), linear.output_sizes,
-                                                       bias, dtype))  # fmt: skip
+        replace_module(
+            model, module_path, QuantLinear(weight.to(device), linear.output_sizes, bias, dtype)
+        )
     return lambda name: name.endswith(PACKED)
 
 
@@ -56,11 +56,17 @@ def convert(tensors: dict, name: str, spec: QuantSpec) -> QuantizedWeight:
         return tensors[f"{name}{suffix}"]
 
     if spec.method == "awq":
-        return from_awq(get(".qweight"), get(".qzeros"), get(".scales"), spec.bits,
-                        spec.group_size)  # fmt: skip
+        return from_awq(get(".qweight"), get(".qzeros"), get(".scales"), spec.bits, spec.group_size)
     g_idx = tensors.get(f"{name}.g_idx")
-    return from_gptq(get(".qweight"), get(".qzeros"), get(".scales"), g_idx, spec.bits,
-                     spec.group_size, spec.checkpoint_format)  # fmt: skip
+    return from_gptq(
+        get(".qweight"),
+        get(".qzeros"),
+        get(".scales"),
+        g_idx,
+        spec.bits,
+        spec.group_size,
+        spec.checkpoint_format,
+    )
 
 
 def stack(pieces: list[QuantizedWeight], where: str) -> QuantizedWeight:
@@ -71,10 +77,13 @@ def stack(pieces: list[QuantizedWeight], where: str) -> QuantizedWeight:
             p.g_idx is not None and first.g_idx is not None and torch.equal(p.g_idx, first.g_idx)
         )
         if p.bits != first.bits or p.group_size != first.group_size or not same_gidx:
-            raise ValueError(f"{where}: the stacked projections are quantized differently "
-                             "(bits, group size or act-order g_idx)")  # fmt: skip
+            raise ValueError(
+                f"{where}: the stacked projections are quantized differently "
+                "(bits, group size or act-order g_idx)"
+            )
     if len(pieces) == 1:
         return first
     cat = lambda attr: torch.cat([getattr(p, attr) for p in pieces], dim=1)  # noqa: E731
-    return QuantizedWeight(cat("qweight"), cat("scales"), cat("zeros"), first.g_idx,
-                           first.bits, first.group_size)  # fmt: skip
+    return QuantizedWeight(
+        cat("qweight"), cat("scales"), cat("zeros"), first.g_idx, first.bits, first.group_size
+    )

@@ -35,13 +35,16 @@ from valora.quant.config_table import get_config
 from valora.quant.types import QuantizedWeight
 
 
+# fmt: off
 @triton.jit
 def _as_float(q):
     """Small non-negative ints -> fp32 without an int-to-float conversion: 0x4B000000 is 2^23 as
     fp32, and (q | it) read as fp32 is 2^23 + q exactly (q < 2^23)."""
     return (q | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _tile_group_params(scales_ptr, zeros_ptr, offs_n, n_ok, N, group):
     """(s, z * s) in fp32, [1, BLOCK_N]: one group for the whole tile (no act-order, the tile
@@ -49,11 +52,13 @@ def _tile_group_params(scales_ptr, zeros_ptr, offs_n, n_ok, N, group):
     s = tl.load(scales_ptr + group * N + offs_n, mask=n_ok, other=0.0).to(tl.float32)
     z = tl.load(zeros_ptr + group * N + offs_n, mask=n_ok, other=0).to(tl.float32)
     return s[None, :], (z * s)[None, :]
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _row_group_params(scales_ptr, zeros_ptr, gidx_ptr, rows, row_ok, offs_n, n_ok, N,
-                      group_size, HAS_GIDX: tl.constexpr):  # fmt: skip
+                      group_size, HAS_GIDX: tl.constexpr):
     """(s, z * s) in fp32, [len(rows), BLOCK_N]: each row's group, through g_idx or
     row // group_size."""
     if HAS_GIDX:
@@ -65,25 +70,29 @@ def _row_group_params(scales_ptr, zeros_ptr, gidx_ptr, rows, row_ok, offs_n, n_o
     s = tl.load(scales_ptr + gn, mask=mask, other=0.0).to(tl.float32)
     z = tl.load(zeros_ptr + gn, mask=mask, other=0).to(tl.float32)
     return s, z * s
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _load_packed(qw_ptr, k0, k_end, offs_n, n_ok, N, BITS: tl.constexpr,
-                 BLOCK_K: tl.constexpr):  # fmt: skip
+                 BLOCK_K: tl.constexpr):
     """The packed words of rows k0 .. k0 + BLOCK_K: [BLOCK_K // pack, BLOCK_N] int32, each word
     read once; and the pack index of each word row, and whether it lies before k_end."""
     PACK: tl.constexpr = 32 // BITS
     offs_p = k0 // PACK + tl.arange(0, BLOCK_K // PACK)
     p_ok = offs_p * PACK < k_end
     packed = tl.load(qw_ptr + offs_p[:, None] * N + offs_n[None, :],
-                     mask=p_ok[:, None] & n_ok[None, :], other=0)  # fmt: skip
+                     mask=p_ok[:, None] & n_ok[None, :], other=0)
     return packed, offs_p, p_ok
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _dequant_tile(qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, k0, k_end, offs_n, n_ok, N,
                   group, BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                  TILE_GROUPS: tl.constexpr, HAS_GIDX: tl.constexpr):  # fmt: skip
+                  TILE_GROUPS: tl.constexpr, HAS_GIDX: tl.constexpr):
     """fp32 [BLOCK_K, BLOCK_N] weights W^T[k0 : k0 + BLOCK_K, offs_n], unpacked by a reshape of
     the [BLOCK_K // pack, PACK, BLOCK_N] values (rows from k_end on are
     masked; k0 and k_end are multiples of the pack); ``group``: the tile's group when
@@ -99,20 +108,24 @@ def _dequant_tile(qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, k0, k_end, offs_n, n_
         s, zs = _tile_group_params(scales_ptr, zeros_ptr, offs_n, n_ok, N, group)
     else:  # ``group``: the group size
         s, zs = _row_group_params(scales_ptr, zeros_ptr, gidx_ptr, offs_k, k_ok, offs_n, n_ok, N,
-                                  group, HAS_GIDX)  # fmt: skip
+                                  group, HAS_GIDX)
     return _as_float(q) * s - zs
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _plane(packed, j, s, zs, BITS: tl.constexpr):
     """fp32 weights of the j-th value of every word: rows p * pack + j of the tile."""
     MASK: tl.constexpr = (1 << BITS) - 1
     return _as_float((packed >> (j * BITS)) & MASK) * s - zs
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _write_output(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile,
-                  split, split_k, SPLITS: tl.constexpr):  # fmt: skip
+                  split, split_k, SPLITS: tl.constexpr):
     """y[offs_m, offs_n] = acc (no splits), else the sum of the split_k splits' partials,
     written by the split that arrives last at the tile's counter (which it resets to 0)."""
     mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
@@ -130,15 +143,17 @@ def _write_output(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym,
                 total += tl.load(ws + s * M * N, mask=mask, other=0.0, cache_modifier=".cg")
             tl.store(y_ptrs, total.to(y_ptr.dtype.element_ty), mask=mask)
             tl.atomic_xchg(lock_ptr + tile, 0)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _qgemv_kernel(
     x_ptr, qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, y_ptr, ws_ptr, lock_ptr,
     N, K, group_size, k_per_split, split_k,
     BITS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLITS: tl.constexpr,
     TILE_GROUPS: tl.constexpr, HAS_GIDX: tl.constexpr,
-):  # fmt: skip
+):
     """One row: grid (N tiles, SPLIT_K). Each packed word is read once and taken apart value by
     value (bit planes): value j of the words holds rows p * pack + j, multiplied by those rows
     of x; the fp32 accumulator is [BLOCK_K // pack, BLOCK_N], reduced once at the end."""
@@ -157,14 +172,16 @@ def _qgemv_kernel(
             rows = offs_p * PACK + j
             if not TILE_GROUPS:
                 s, zs = _row_group_params(scales_ptr, zeros_ptr, gidx_ptr, rows, p_ok, offs_n, n_ok,
-                                          N, group_size, HAS_GIDX)  # fmt: skip
+                                          N, group_size, HAS_GIDX)
             x = tl.load(x_ptr + rows, mask=p_ok, other=0.0).to(tl.float32)
             acc += _plane(packed, j, s, zs, BITS) * x[:, None]
     out = tl.sum(acc, axis=0)[None, :]  # [1, BLOCK_N]
     _write_output(out, y_ptr, ws_ptr, lock_ptr, tl.arange(0, 1), offs_n, 1, N, N, pid_n, split,
-                  split_k, SPLITS)  # fmt: skip
+                  split_k, SPLITS)
+# fmt: on
 
 
+# fmt: off
 @triton.jit(do_not_specialize=["M"])  # one binary for every M (no M % 16 variant)
 def _qgemm_kernel(
     x_ptr, qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, y_ptr, ws_ptr, lock_ptr,
@@ -172,7 +189,7 @@ def _qgemm_kernel(
     BITS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLITS: tl.constexpr, TILE_GROUPS: tl.constexpr, HAS_GIDX: tl.constexpr,
     UNPACK: tl.constexpr,
-):  # fmt: skip
+):
     """Tensor-core tiles: grid (M tiles, N tiles, SPLIT_K); M tiles vary fastest, so programs
     running together share the weight tile in L2."""
     PACK: tl.constexpr = 32 // BITS
@@ -186,16 +203,16 @@ def _qgemm_kernel(
     for k0 in range(k_begin, k_end, BLOCK_K):
         if UNPACK == "planes":  # pack dots of depth BLOCK_K // pack, one per bit plane
             packed, offs_p, p_ok = _load_packed(qw_ptr, k0, k_end, offs_n, n_ok, N, BITS,
-                                                BLOCK_K)  # fmt: skip
+                                                BLOCK_K)
             if TILE_GROUPS:
                 s, zs = _tile_group_params(scales_ptr, zeros_ptr, offs_n, n_ok, N, k0 // group_size)
             for j in tl.static_range(PACK):
                 rows = offs_p * PACK + j
                 if not TILE_GROUPS:
                     s, zs = _row_group_params(scales_ptr, zeros_ptr, gidx_ptr, rows, p_ok, offs_n,
-                                              n_ok, N, group_size, HAS_GIDX)  # fmt: skip
+                                              n_ok, N, group_size, HAS_GIDX)
                 x = tl.load(x_ptr + offs_m[:, None] * stride_xm + rows[None, :],
-                            mask=m_ok[:, None] & p_ok[None, :], other=0.0)  # fmt: skip
+                            mask=m_ok[:, None] & p_ok[None, :], other=0.0)
                 acc += tl.dot(x, _plane(packed, j, s, zs, BITS).to(x.dtype))
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -207,17 +224,19 @@ def _qgemm_kernel(
             group = k0 // group_size if TILE_GROUPS else group_size
             w = _dequant_tile(qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, k0, k_end, offs_n, n_ok,
                               N, group, BITS, BLOCK_K, BLOCK_N, TILE_GROUPS,
-                              HAS_GIDX)  # fmt: skip
+                              HAS_GIDX)
             acc += tl.dot(x, w.to(x.dtype))
     tile = pid_m * tl.num_programs(1) + pid_n
     _write_output(acc, y_ptr, ws_ptr, lock_ptr, offs_m, offs_n, M, N, stride_ym, tile, split,
-                  split_k, SPLITS)  # fmt: skip
+                  split_k, SPLITS)
+# fmt: on
 
 
+# fmt: off
 @triton.jit
 def _dequant_kernel(qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, out_ptr, N, K, group_size,
                     BITS: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_N: tl.constexpr,
-                    TILE_GROUPS: tl.constexpr, HAS_GIDX: tl.constexpr):  # fmt: skip
+                    TILE_GROUPS: tl.constexpr, HAS_GIDX: tl.constexpr):
     """out[k, n] = W[n, k] ([K, N], the layout x @ out wants), one [BLOCK_K, BLOCK_N] tile: its
     words read once, written plane by plane (rows p * pack + j, each row contiguous in N)."""
     PACK: tl.constexpr = 32 // BITS
@@ -231,10 +250,11 @@ def _dequant_kernel(qw_ptr, scales_ptr, zeros_ptr, gidx_ptr, out_ptr, N, K, grou
         rows = offs_p * PACK + j
         if not TILE_GROUPS:
             s, zs = _row_group_params(scales_ptr, zeros_ptr, gidx_ptr, rows, p_ok, offs_n, n_ok, N,
-                                      group_size, HAS_GIDX)  # fmt: skip
+                                      group_size, HAS_GIDX)
         w = _plane(packed, j, s, zs, BITS)
         tl.store(out_ptr + rows[:, None] * N + offs_n[None, :], w.to(out_ptr.dtype.element_ty),
-                 mask=p_ok[:, None] & n_ok[None, :])  # fmt: skip
+                 mask=p_ok[:, None] & n_ok[None, :])
+# fmt: on
 
 
 def dequantize_kn(w: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
@@ -244,10 +264,21 @@ def dequantize_kn(w: QuantizedWeight, dtype: torch.dtype) -> torch.Tensor:
     block_k, block_n = 64, 256
     grid = (triton.cdiv(k, block_k), triton.cdiv(n, block_n))
     _dequant_kernel[grid](
-        w.qweight, w.scales, w.zeros, _gidx_arg(w), out, n, k, w.group_size, BITS=w.bits,
-        BLOCK_K=block_k, BLOCK_N=block_n, TILE_GROUPS=_tile_groups(w, block_k),
-        HAS_GIDX=w.g_idx is not None, num_warps=8,
-    )  # fmt: skip
+        w.qweight,
+        w.scales,
+        w.zeros,
+        _gidx_arg(w),
+        out,
+        n,
+        k,
+        w.group_size,
+        BITS=w.bits,
+        BLOCK_K=block_k,
+        BLOCK_N=block_n,
+        TILE_GROUPS=_tile_groups(w, block_k),
+        HAS_GIDX=w.g_idx is not None,
+        num_warps=8,
+    )
     return out
 
 
@@ -275,22 +306,40 @@ def quant_matmul(x: torch.Tensor, w: QuantizedWeight, config: dict | None = None
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     ws = torch.empty(split, m, n, device=x.device, dtype=torch.float32) if split > 1 else y
     args = (x, w.qweight, w.scales, w.zeros, _gidx_arg(w), y, ws)
-    flags = {"BITS": w.bits, "BLOCK_N": config["BLOCK_N"], "BLOCK_K": block_k, "SPLITS": split > 1,
-             "TILE_GROUPS": _tile_groups(w, block_k), "HAS_GIDX": w.g_idx is not None,
-             "num_warps": config["num_warps"],
-             "num_stages": config["num_stages"]}  # fmt: skip
+    flags = {
+        "BITS": w.bits,
+        "BLOCK_N": config["BLOCK_N"],
+        "BLOCK_K": block_k,
+        "SPLITS": split > 1,
+        "TILE_GROUPS": _tile_groups(w, block_k),
+        "HAS_GIDX": w.g_idx is not None,
+        "num_warps": config["num_warps"],
+        "num_stages": config["num_stages"],
+    }
     n_tiles = triton.cdiv(n, config["BLOCK_N"])
     if config["kernel"] == "gemv":
         locks = _split_k_counters(x.device, n_tiles) if split > 1 else y
-        _qgemv_kernel[(n_tiles, split)](*args, locks, n, k, w.group_size, k_per_split, split,
-                                        **flags)  # fmt: skip
+        _qgemv_kernel[(n_tiles, split)](
+            *args, locks, n, k, w.group_size, k_per_split, split, **flags
+        )
     else:
         m_tiles = triton.cdiv(m, config["BLOCK_M"])
         locks = _split_k_counters(x.device, m_tiles * n_tiles) if split > 1 else y
         _qgemm_kernel[(m_tiles, n_tiles, split)](
-            *args, locks, m, n, k, w.group_size, k_per_split, split, x.stride(0), y.stride(0),
-            BLOCK_M=config["BLOCK_M"], UNPACK=config["UNPACK"], **flags,
-        )  # fmt: skip
+            *args,
+            locks,
+            m,
+            n,
+            k,
+            w.group_size,
+            k_per_split,
+            split,
+            x.stride(0),
+            y.stride(0),
+            BLOCK_M=config["BLOCK_M"],
+            UNPACK=config["UNPACK"],
+            **flags,
+        )
     return y
 
 
@@ -313,8 +362,10 @@ def _split_k_counters(device: torch.device, tiles: int) -> torch.Tensor:
     counters = _COUNTERS.get(str(device))
     if counters is None or counters.numel() < tiles:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError("split-K counters must be allocated before graph capture: run "
-                               "the shape once outside the capture")  # fmt: skip
+            raise RuntimeError(
+                "split-K counters must be allocated before graph capture: run "
+                "the shape once outside the capture"
+            )
         counters = torch.zeros(max(tiles, 1 << 16), device=device, dtype=torch.int32)
         _COUNTERS[str(device)] = counters
     return counters

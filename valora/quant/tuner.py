@@ -38,24 +38,59 @@ def candidates(m: int) -> list[dict]:
     BLOCK_K // pack >= 16 (the dot depth)."""
     if m == 1:  # (BLOCK_N, BLOCK_K, warps)
         tiles = [(64, 128, 4), (128, 128, 4), (256, 128, 8), (128, 128, 8), (64, 256, 4)]
-        return [{"kernel": "gemv", "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk,
-                 "UNPACK": "planes", "num_warps": w, "num_stages": st}
-                for (bn, bk, w), sk, st in itertools.product(tiles, SPLITS, (3, 4))]  # fmt: skip
+        return [
+            {
+                "kernel": "gemv",
+                "BLOCK_N": bn,
+                "BLOCK_K": bk,
+                "SPLIT_K": sk,
+                "UNPACK": "planes",
+                "num_warps": w,
+                "num_stages": st,
+            }
+            for (bn, bk, w), sk, st in itertools.product(tiles, SPLITS, (3, 4))
+        ]
     if m <= 64:
         bm = max(16, min(64, m))
-        tiles = [("planes", 64, 128), ("planes", 128, 128), ("reshape", 64, 128),
-                 ("reshape", 128, 64)]  # fmt: skip
-        return [{"kernel": "dot", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": sk,
-                 "UNPACK": un, "num_warps": 4, "num_stages": 3}
-                for (un, bn, bk), sk in itertools.product(tiles, SPLITS)]  # fmt: skip
-    tiles = [("planes", 128, 128, 128, 8), ("planes", 128, 256, 128, 8),
-             ("planes", 256, 128, 128, 8), ("planes", 64, 128, 128, 4),
-             ("reshape", 128, 128, 64, 8)]  # fmt: skip
+        tiles = [
+            ("planes", 64, 128),
+            ("planes", 128, 128),
+            ("reshape", 64, 128),
+            ("reshape", 128, 64),
+        ]
+        return [
+            {
+                "kernel": "dot",
+                "BLOCK_M": bm,
+                "BLOCK_N": bn,
+                "BLOCK_K": bk,
+                "SPLIT_K": sk,
+                "UNPACK": un,
+                "num_warps": 4,
+                "num_stages": 3,
+            }
+            for (un, bn, bk), sk in itertools.product(tiles, SPLITS)
+        ]
+    tiles = [
+        ("planes", 128, 128, 128, 8),
+        ("planes", 128, 256, 128, 8),
+        ("planes", 256, 128, 128, 8),
+        ("planes", 64, 128, 128, 4),
+        ("reshape", 128, 128, 64, 8),
+    ]
     return [{"kernel": "dequant"}] + [
-        {"kernel": "dot", "BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "SPLIT_K": 1,
-         "UNPACK": un, "num_warps": w, "num_stages": 3}
+        {
+            "kernel": "dot",
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "BLOCK_K": bk,
+            "SPLIT_K": 1,
+            "UNPACK": un,
+            "num_warps": w,
+            "num_stages": 3,
+        }
         for un, bm, bn, bk, w in tiles
-    ]  # fmt: skip
+    ]
 
 
 _REPS = 15  # timed replays per candidate (median)
@@ -97,8 +132,9 @@ def main() -> None:
     path = table_path(gpu, dtype)
     table = read_table(path)
     deadline = time.monotonic() + args.budget_s
-    jobs = itertools.product(args.bits, {s for m in args.models for s in MODEL_SHAPES[m]},
-                             args.m_buckets)  # fmt: skip
+    jobs = itertools.product(
+        args.bits, {s for m in args.models for s in MODEL_SHAPES[m]}, args.m_buckets
+    )
     for bits, (n, k), m in sorted(jobs):
         key = bucket_key(bits, n, k, m)
         if key in table and not args.retune:

@@ -52,8 +52,10 @@ class QuantizedWeight:
         if self.qweight.dtype != torch.int32 or self.zeros.dtype != torch.int32:
             raise ValueError("qweight and zeros must be int32")
         if self.scales.shape != self.zeros.shape or self.scales.shape[1] != n:
-            raise ValueError(f"scales {tuple(self.scales.shape)} / zeros "
-                             f"{tuple(self.zeros.shape)} do not match N={n}")  # fmt: skip
+            raise ValueError(
+                f"scales {tuple(self.scales.shape)} / zeros "
+                f"{tuple(self.zeros.shape)} do not match N={n}"
+            )
         if self.g_idx is None and -(-k // self.group_size) != self.num_groups:
             raise ValueError(f"{self.num_groups} groups for K={k}, group size {self.group_size}")
         if self.g_idx is not None and self.g_idx.shape != (k,):
@@ -61,5 +63,11 @@ class QuantizedWeight:
 
     def to(self, device) -> QuantizedWeight:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QuantizedWeight(move(self.qweight), move(self.scales), move(self.zeros),
-                               move(self.g_idx), self.bits, self.group_size)  # fmt: skip
+        return QuantizedWeight(
+            move(self.qweight),
+            move(self.scales),
+            move(self.zeros),
+            move(self.g_idx),
+            self.bits,
+            self.group_size,
+        )

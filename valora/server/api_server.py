@@ -70,9 +70,15 @@ def build_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
         yield
         runner.shutdown()
 
-    app = FastAPI(title="VaLoRA", version=valora.__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=None,
-                  dependencies=[Depends(key_check(config.api_key))])  # fmt: skip
+    app = FastAPI(
+        title="VaLoRA",
+        version=valora.__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        dependencies=[Depends(key_check(config.api_key))],
+    )
     app.state.engine, app.state.runner, app.state.config = engine, runner, config
     app.add_middleware(BodyLimit, max_bytes=config.max_request_body_bytes)
     install_error_handlers(app, config.retry_after_s)
@@ -100,8 +106,9 @@ def _add_doc_routes(app: FastAPI) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title="VaLoRA API")
 
 
-def _add_info_routes(app, engine: LLMEngine, runner: AsyncEngine, config: ServerConfig,
-                     metrics) -> None:  # fmt: skip
+def _add_info_routes(
+    app, engine: LLMEngine, runner: AsyncEngine, config: ServerConfig, metrics
+) -> None:
     @app.get("/health")
     async def health():
         if not runner.is_alive:
@@ -129,9 +136,15 @@ def _add_info_routes(app, engine: LLMEngine, runner: AsyncEngine, config: Server
 
 
 def _card(model_id: str, root: str, parent: str | None, created: int, engine) -> dict:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": "valora",
-            "root": root, "parent": parent,
-            "max_model_len": engine.max_model_len}  # fmt: skip
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": created,
+        "owned_by": "valora",
+        "root": root,
+        "parent": parent,
+        "max_model_len": engine.max_model_len,
+    }
 
 
 def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> None:
@@ -146,8 +159,11 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
         root = Path(config.lora_root).resolve()
         path = Path(root, body.lora_path).resolve()  # relative paths are under the root
         if not path.is_relative_to(root):
-            return error(400, f"adapter path {body.lora_path!r} is outside the allowed root",
-                         param="lora_path")  # fmt: skip
+            return error(
+                400,
+                f"adapter path {body.lora_path!r} is outside the allowed root",
+                param="lora_path",
+            )
         try:  # every file is resolved again (symlinks) and must stay under the root
             version = await runner.call(engine.load_adapter, body.lora_name, str(path), root)
         except FileNotFoundError as exc:
@@ -191,10 +207,12 @@ def _add_generation_routes(app, engine: LLMEngine, runner: AsyncEngine, config) 
     async def completions(body: CompletionRequest, request: Request):
         adapter = _adapter_for(engine, config, body.model)
         prompt = completion_prompt(body)
-        params = body.sampling_params(body.max_tokens if body.max_tokens is not None else 16,
-                                      body.logprobs)  # fmt: skip
-        return await _generate(request, runner, "completion", body, prompt, params, adapter,
-                               tokenizer)  # fmt: skip
+        params = body.sampling_params(
+            body.max_tokens if body.max_tokens is not None else 16, body.logprobs
+        )
+        return await _generate(
+            request, runner, "completion", body, prompt, params, adapter, tokenizer
+        )
 
 
 async def _generate(request, runner, kind, body, prompt, params, adapter, tokenizer):
@@ -205,8 +223,9 @@ async def _generate(request, runner, kind, body, prompt, params, adapter, tokeni
         first = await anext(outputs)  # errors before the stream starts become 4xx / 503
         builder = ChunkBuilder(kind, body.model, request_id, tokenizer)
         usage = body.stream_options is not None and body.stream_options.include_usage
-        return StreamingResponse(_stream(builder, first, outputs, usage),
-                                 media_type="text/event-stream")  # fmt: skip
+        return StreamingResponse(
+            _stream(builder, first, outputs, usage), media_type="text/event-stream"
+        )
     params = replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
     final = await _until_done(request, runner.generate(request_id, prompt, params, adapter))
     if final is None:  # the client went away; nothing to answer
@@ -264,8 +283,9 @@ async def _stream(builder: ChunkBuilder, first, outputs, include_usage: bool):
         yield sse(error_body(f"the server cannot serve requests: {exc}", "engine_dead", 503))
     except Exception as exc:  # building a chunk failed: end this stream with an error chunk
         log.exception("stream %s failed", builder.id)
-        yield sse(error_body(f"internal server error ({type(exc).__name__})", "internal_error",
-                             500))  # fmt: skip
+        yield sse(
+            error_body(f"internal server error ({type(exc).__name__})", "internal_error", 500)
+        )
     finally:
         await outputs.aclose()  # a disconnect lands here: the request is aborted
     yield "data: [DONE]\n\n"

@@ -54,8 +54,12 @@ class EngineDead(Exception):
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, max_pending: int = 1024,
-                 on_finished: Callable[[RequestOutput], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        engine: LLMEngine,
+        max_pending: int = 1024,
+        on_finished: Callable[[RequestOutput], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.max_pending = max_pending
         self.on_finished = on_finished  # metrics hook, called in the engine thread
@@ -116,8 +120,9 @@ class AsyncEngine:
             self._fail_commands()
         return await asyncio.wrap_future(future)
 
-    async def generate(self, request_id: str, prompt, params, adapter: str | None
-                       ) -> AsyncIterator[RequestOutput]:  # fmt: skip
+    async def generate(
+        self, request_id: str, prompt, params, adapter: str | None
+    ) -> AsyncIterator[RequestOutput]:
         """Outputs of one request as the engine produces them (per ``params.output_kind``).
         Raises ``EngineOverloaded`` / ``EngineDead`` before adding, ValueError for a bad
         request, ``EngineFailed`` if the request fails in a step."""

@@ -25,19 +25,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--api-key", help="require 'Authorization: Bearer KEY' on every route but /health"
     )
     add_cli_args(EngineConfig, p.add_argument_group("engine"))
-    p.add_argument("--no-prefix-caching", dest="enable_prefix_caching", action="store_false",
-                   help="the same as --no-enable-prefix-caching")  # fmt: skip
-    p.add_argument("--warmup", default="auto", choices=["auto", "on", "off"],
-                   help="run warm-up requests before serving (auto: on a GPU, where kernels "
-                        "compile on first use)")  # fmt: skip
+    p.add_argument(
+        "--no-prefix-caching",
+        dest="enable_prefix_caching",
+        action="store_false",
+        help="the same as --no-enable-prefix-caching",
+    )
+    p.add_argument(
+        "--warmup",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="run warm-up requests before serving (auto: on a GPU, where kernels "
+        "compile on first use)",
+    )
     add_cli_args(SchedulerConfig, p.add_argument_group("scheduler"))
     lora = p.add_argument_group("LoRA")
     add_cli_args(LoRAConfig, lora)
     lora.add_argument("--num-adapter", type=int, default=0, help="dummy adapters lora0..loraN-1")
     lora.add_argument("--dummy-ranks", type=int, nargs="+", default=[8, 16, 32, 64])
     lora.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
-    lora.add_argument("--enable-lora", action="store_true",
-                      help="LoRA on even with no adapter yet")  # fmt: skip
+    lora.add_argument("--enable-lora", action="store_true", help="LoRA on even with no adapter yet")
     lora.add_argument("--lora-root", help="runtime adapter loads only from under this directory")
     # requests
     p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
@@ -58,9 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no /docs, /redoc, /openapi.json (with --api-key they need the key)",
     )
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
-                   help="on SIGTERM: seconds in-flight requests get to finish before they are "
-                        "aborted (new requests get 503 meanwhile)")  # fmt: skip
+    p.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="on SIGTERM: seconds in-flight requests get to finish before they are "
+        "aborted (new requests get 503 meanwhile)",
+    )
     return p
 
 
@@ -78,8 +89,9 @@ def engine_config_from(args: argparse.Namespace) -> EngineConfig:
     model = args.model_setting if args.dummy or not args.model else args.model
     enable_lora = args.enable_lora or bool(args.lora_modules) or args.num_adapter > 0
     lora = from_cli(LoRAConfig, args) if enable_lora else None
-    return from_cli(EngineConfig, args, model=model, scheduler=from_cli(SchedulerConfig, args),
-                    lora=lora)  # fmt: skip
+    return from_cli(
+        EngineConfig, args, model=model, scheduler=from_cli(SchedulerConfig, args), lora=lora
+    )
 
 
 def build_server(args: argparse.Namespace):
@@ -106,12 +118,22 @@ def build_server(args: argparse.Namespace):
             flush=True,
         )
     name = args.served_model_name or model
-    media = MediaPolicy(args.allowed_local_media_path, args.allow_remote_media,
-                        max_image_pixels=args.max_image_pixels,
-                        max_images_per_request=args.max_images_per_request)  # fmt: skip
-    server_config = ServerConfig(name, model, args.api_key, media, args.max_pending, args.lora_root,
-                          max_request_body_bytes=args.max_request_body_bytes,
-                          enable_docs=not args.disable_fastapi_docs)  # fmt: skip
+    media = MediaPolicy(
+        args.allowed_local_media_path,
+        args.allow_remote_media,
+        max_image_pixels=args.max_image_pixels,
+        max_images_per_request=args.max_images_per_request,
+    )
+    server_config = ServerConfig(
+        name,
+        model,
+        args.api_key,
+        media,
+        args.max_pending,
+        args.lora_root,
+        max_request_body_bytes=args.max_request_body_bytes,
+        enable_docs=not args.disable_fastapi_docs,
+    )
     return build_app(engine, server_config), engine, name
 
 
@@ -126,8 +148,9 @@ def draining_server(app, host: str, port: int, shutdown_timeout: float, **kwargs
             app.state.runner.drain()
             super().handle_exit(sig, frame)
 
-    config = uvicorn.Config(app, host=host, port=port, timeout_graceful_shutdown=shutdown_timeout,
-                            **kwargs)  # fmt: skip
+    config = uvicorn.Config(
+        app, host=host, port=port, timeout_graceful_shutdown=shutdown_timeout, **kwargs
+    )
     return DrainingServer(config)
 
 
@@ -137,8 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     adapters = list(engine.adapters())
     print(f"serving {name!r} at http://{args.host}:{args.port}/v1 (policy {args.policy})")
     print(f"adapters ({len(adapters)}): {', '.join(adapters) or 'none'}", flush=True)
-    server = draining_server(app, args.host, args.port, args.shutdown_timeout,
-                             log_level="warning")  # fmt: skip
+    server = draining_server(app, args.host, args.port, args.shutdown_timeout, log_level="warning")
     server.run()
 
 

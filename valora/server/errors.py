@@ -22,9 +22,14 @@ from valora.server.protocol import error_body
 
 log = logging.getLogger(__name__)
 
-_KIND_OF_STATUS = {400: "invalid_request_error", 401: "authentication_error",
-                   404: "not_found_error", 405: "invalid_request_error",
-                   413: "invalid_request_error", 503: "overloaded"}  # fmt: skip
+_KIND_OF_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    503: "overloaded",
+}
 
 
 class ModelNotFound(Exception):
@@ -35,11 +40,13 @@ class Unauthorized(Exception):
     pass
 
 
-def error(status: int, message: str, kind: str | None = None, headers=None,
-          param: str | None = None) -> JSONResponse:  # fmt: skip
+def error(
+    status: int, message: str, kind: str | None = None, headers=None, param: str | None = None
+) -> JSONResponse:
     kind = kind or _KIND_OF_STATUS.get(status, "internal_error")
-    return JSONResponse(error_body(message, kind, status, param), status_code=status,
-                        headers=headers)  # fmt: skip
+    return JSONResponse(
+        error_body(message, kind, status, param), status_code=status, headers=headers
+    )
 
 
 def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
@@ -56,8 +63,11 @@ def install_error_handlers(app: FastAPI, retry_after_s: int) -> None:
     async def invalid_body(request: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return error(400, f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}",
-                     param=where or None)  # fmt: skip
+        return error(
+            400,
+            f"invalid request: {where or 'body'}: {first.get('msg', 'invalid')}",
+            param=where or None,
+        )
 
     @app.exception_handler(ValueError)
     async def bad_value(request: Request, exc: ValueError):

@@ -31,8 +31,9 @@ class MediaPolicy:
 
 def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
     """Decode one image_url (blocking: run it off the event loop)."""
-    config = ImageProcessorConfig(max_input_bytes=policy.max_image_bytes,
-                                  max_input_pixels=policy.max_image_pixels)  # fmt: skip
+    config = ImageProcessorConfig(
+        max_input_bytes=policy.max_image_bytes, max_input_pixels=policy.max_image_pixels
+    )
     if url.startswith("data:"):
         return load_image(url, config)
     parsed = urlparse(url)
@@ -49,8 +50,9 @@ def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
 
 def _local_file(path: str, policy: MediaPolicy) -> Path:
     if policy.allowed_local_media_path is None:
-        raise ValueError("local image files are disabled on this server "
-                         "(--allowed-local-media-path)")  # fmt: skip
+        raise ValueError(
+            "local image files are disabled on this server (--allowed-local-media-path)"
+        )
     root = Path(policy.allowed_local_media_path).resolve()
     target = Path(path).resolve()
     if not target.is_relative_to(root):

@@ -26,13 +26,22 @@ class EngineCollector:
         for name, doc, value in (
             ("valora_num_requests_waiting", "Requests waiting", snap.num_waiting),
             ("valora_num_requests_running", "Requests running", snap.num_running),
-            ("valora_kv_cache_usage_perc", "Fraction of KV blocks in use (idle cached blocks "
-             "count as free)", snap.kv_usage),
-            ("valora_kv_blocks_in_use", "KV blocks held by unfinished requests",
-             snap.kv_blocks_in_use),
-            ("valora_lora_request_pins", "Adapter pool pins held by unfinished requests",
-             snap.adapter_request_pins),
-        ):  # fmt: skip
+            (
+                "valora_kv_cache_usage_perc",
+                "Fraction of KV blocks in use (idle cached blocks count as free)",
+                snap.kv_usage,
+            ),
+            (
+                "valora_kv_blocks_in_use",
+                "KV blocks held by unfinished requests",
+                snap.kv_blocks_in_use,
+            ),
+            (
+                "valora_lora_request_pins",
+                "Adapter pool pins held by unfinished requests",
+                snap.adapter_request_pins,
+            ),
+        ):
             yield GaugeMetricFamily(name, doc, value=value)
         hit = m.cached_tokens / m.prompt_tokens if m.prompt_tokens else 0.0
         doc = "Prompt tokens served from the prefix cache"
@@ -57,10 +66,14 @@ def _step_families(stats: dict):
         for mode, value in stats[key].items():
             family.add_metric([mode], value)
         yield family
-    yield CounterMetricFamily("valora_mode_switches", "Merged-adapter switches",
-                              value=stats["switches"])  # fmt: skip
-    yield CounterMetricFamily("valora_switch_seconds", "Seconds spent switching the merged "
-                              "adapter", value=stats["switch_seconds"])  # fmt: skip
+    yield CounterMetricFamily(
+        "valora_mode_switches", "Merged-adapter switches", value=stats["switches"]
+    )
+    yield CounterMetricFamily(
+        "valora_switch_seconds",
+        "Seconds spent switching the merged adapter",
+        value=stats["switch_seconds"],
+    )
 
 
 class ServerMetrics:
@@ -68,16 +81,33 @@ class ServerMetrics:
         self.registry = CollectorRegistry()
         self.prompt_tokens = 0
         self.cached_tokens = 0
-        self.ttft = Histogram("valora_time_to_first_token_seconds", "Time to first token",
-                              buckets=_LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.tpot = Histogram("valora_time_per_output_token_seconds", "Time per output token",
-                              buckets=_LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.e2e = Histogram("valora_e2e_request_latency_seconds", "End-to-end request latency",
-                             buckets=_LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
-        self.finished = Counter("valora_requests_finished", "Finished requests by reason",
-                                ["finish_reason"], registry=self.registry)  # fmt: skip
-        self.generation_tokens = Counter("valora_generation_tokens", "Generated tokens",
-                                         registry=self.registry)  # fmt: skip
+        self.ttft = Histogram(
+            "valora_time_to_first_token_seconds",
+            "Time to first token",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tpot = Histogram(
+            "valora_time_per_output_token_seconds",
+            "Time per output token",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.e2e = Histogram(
+            "valora_e2e_request_latency_seconds",
+            "End-to-end request latency",
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.finished = Counter(
+            "valora_requests_finished",
+            "Finished requests by reason",
+            ["finish_reason"],
+            registry=self.registry,
+        )
+        self.generation_tokens = Counter(
+            "valora_generation_tokens", "Generated tokens", registry=self.registry
+        )
         self.registry.register(EngineCollector(engine, self))
 
     def observe(self, out: RequestOutput) -> None:

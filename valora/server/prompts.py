@@ -29,8 +29,10 @@ async def chat_prompt(body: ChatCompletionRequest, tokenizer, policy: MediaPolic
                 urls.append(part.image_url.url)
         messages.append({"role": message.role, "content": parts})
     if len(urls) > policy.max_images_per_request:
-        raise ValueError(f"{len(urls)} images in one request; at most "
-                         f"{policy.max_images_per_request} are allowed")  # fmt: skip
+        raise ValueError(
+            f"{len(urls)} images in one request; at most "
+            f"{policy.max_images_per_request} are allowed"
+        )
     if all(not m["content"] for m in messages):
         raise ValueError("every message is empty")
     images = await asyncio.gather(*(asyncio.to_thread(resolve_image, u, policy) for u in urls))

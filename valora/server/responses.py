@@ -15,8 +15,11 @@ def new_id(prefix: str) -> str:
 
 def usage(out: RequestOutput, num_output: int) -> dict:
     prompt = len(out.prompt_token_ids)
-    return {"prompt_tokens": prompt, "completion_tokens": num_output,
-            "total_tokens": prompt + num_output}  # fmt: skip
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": num_output,
+        "total_tokens": prompt + num_output,
+    }
 
 
 def chat_logprobs(completion: CompletionOutput, tokenizer, first: int = 0) -> dict | None:
@@ -25,9 +28,16 @@ def chat_logprobs(completion: CompletionOutput, tokenizer, first: int = 0) -> di
         return None
     content = []
     for token_id, top in zip(completion.token_ids[first:], completion.logprobs[first:]):
-        content.append({**_entry(tokenizer, token_id, top[token_id]),
-                        "top_logprobs": [_entry(tokenizer, t, lp) for t, lp in top.items()
-                                         if t != token_id or len(top) == 1]})  # fmt: skip
+        content.append(
+            {
+                **_entry(tokenizer, token_id, top[token_id]),
+                "top_logprobs": [
+                    _entry(tokenizer, t, lp)
+                    for t, lp in top.items()
+                    if t != token_id or len(top) == 1
+                ],
+            }
+        )
     return {"content": content}
 
 
@@ -52,26 +62,43 @@ def _entry(tokenizer, token_id: int, logprob: float) -> dict:
 def chat_response(out: RequestOutput, model: str, request_id: str, tokenizer) -> dict:
     c = out.outputs[0]
     return {
-        "id": request_id, "object": "chat.completion", "created": int(time.time()),
+        "id": request_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
-                     "logprobs": chat_logprobs(c, tokenizer), "finish_reason": c.finish_reason,
-                     "stop_reason": c.stop_reason}],
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": c.text},
+                "logprobs": chat_logprobs(c, tokenizer),
+                "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
+            }
+        ],
         "usage": usage(out, len(c.token_ids)),
-    }  # fmt: skip
+    }
 
 
-def completion_response(out: RequestOutput, model: str, request_id: str, tokenizer,
-                        echo_text: str = "") -> dict:  # fmt: skip
+def completion_response(
+    out: RequestOutput, model: str, request_id: str, tokenizer, echo_text: str = ""
+) -> dict:
     c = out.outputs[0]
     return {
-        "id": request_id, "object": "text_completion", "created": int(time.time()),
+        "id": request_id,
+        "object": "text_completion",
+        "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "text": echo_text + c.text,
-                     "logprobs": completion_logprobs(c, tokenizer),
-                     "finish_reason": c.finish_reason, "stop_reason": c.stop_reason}],
+        "choices": [
+            {
+                "index": 0,
+                "text": echo_text + c.text,
+                "logprobs": completion_logprobs(c, tokenizer),
+                "finish_reason": c.finish_reason,
+                "stop_reason": c.stop_reason,
+            }
+        ],
         "usage": usage(out, len(c.token_ids)),
-    }  # fmt: skip
+    }
 
 
 def sse(payload: dict | str) -> str:
@@ -89,12 +116,28 @@ class ChunkBuilder:
 
     def _chunk(self, choices: list, **extra) -> dict:
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": choices, **extra}  # fmt: skip
+        return {
+            "id": self.id,
+            "object": obj,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            **extra,
+        }
 
     def role(self) -> str:
-        return sse(self._chunk([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                 "logprobs": None, "finish_reason": None}]))  # fmt: skip
+        return sse(
+            self._chunk(
+                [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "logprobs": None,
+                        "finish_reason": None,
+                    }
+                ]
+            )
+        )
 
     def delta(self, out: RequestOutput) -> str | None:
         """The chunk for a DELTA-kind output (None when it carries nothing new)."""
