@@ -56,6 +56,8 @@ setup(
             "httpx>=0.25",
             # property-based fuzzing of the HTTP surface from its OpenAPI schema
             "schemathesis>=4.0",
+            # lint and formatting (CI runs ruff check and ruff format --check)
+            "ruff==0.17.6",  # pinned: formatting output changes between releases
         ],
         "draw": ["matplotlib>=3.7"],
         # benchmarks/run_exp.py (trace replay client) and exp_suite.py's servers
