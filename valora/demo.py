@@ -1,5 +1,6 @@
-"""The default demo: the tiny Qwen2-VL on CPU (dummy weights) answering a text chat and an image
-chat, batched together through the engine (paged KV cache, prefix cache, continuous batching).
+"""The default demo: the tiny Qwen2-VL on CPU (dummy weights) with two LoRA adapters, answering
+text and image chats on the base model and on each adapter, all in the same batches through the
+engine (paged KV cache, prefix cache, continuous batching, per-request adapters).
 
 Run ``valora-demo`` (or ``python -m valora.demo``). The weights are random, so the words are
 random too, but every token is computed by the real pipeline: Qwen2 tokenizer and chat template,
@@ -46,17 +47,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=3, help="dummy-weight seed")
     args = parser.parse_args(argv)
 
-    llm = LLM(args.model, device="cpu", dtype="float32", seed=args.seed)
+    llm = LLM(
+        args.model,
+        device="cpu",
+        dtype="float32",
+        seed=args.seed,
+        num_dummy_adapters=2,
+        dummy_ranks=(8, 16),
+    )
     num_params = sum(p.numel() for p in llm.engine.model.parameters()) / 1e6
-    print(f"model: {args.model} ({num_params:.1f}M parameters, CPU, fp32)")
-    chats = demo_chats()
+    adapters = list(llm.engine.adapters())
+    print(
+        f"model: {args.model} ({num_params:.1f}M parameters, CPU, fp32); "
+        f"adapters: {', '.join(adapters)} (dummy, ranks 8 and 16)"
+    )
+    chats = [chat for chat in demo_chats() for _ in (None, *adapters)]
+    loras = [lora for _ in demo_chats() for lora in (None, *adapters)]
     params = SamplingParams(temperature=0, max_tokens=args.max_new_tokens)
     start = time.perf_counter()
-    outputs = llm.chat([c for _, c, _ in chats], params, [im for _, _, im in chats], False)
+    outputs = llm.chat([c for _, c, _ in chats], params, [im for _, _, im in chats], False, loras)
     elapsed = time.perf_counter() - start
-    for (question, _, _), out in zip(chats, outputs):
+    for (question, _, _), lora, out in zip(chats, loras, outputs):
         completion = out.outputs[0]
-        print(f"\nuser: {question}\nassistant: {completion.text}")
+        print(f"\nuser ({lora or 'base model'}): {question}\nassistant: {completion.text}")
         print(f"({len(completion.token_ids)} tokens, finish: {completion.finish_reason})")
     total = sum(len(o.outputs[0].token_ids) for o in outputs)
     print(f"\n{total} tokens for {len(outputs)} batched requests in {elapsed:.2f}s")
