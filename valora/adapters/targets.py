@@ -46,12 +46,14 @@ class TargetSpec:
 
 
 def model_targets(cfg: ModelConfig) -> tuple[TargetSpec, ...]:
+    return language_targets(cfg) + vision_targets(cfg)
+
+
+def language_targets(cfg: ModelConfig) -> tuple[TargetSpec, ...]:
+    """q|k|v, o, gate|up, down of every decoder layer."""
     h, inter, layers = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
     q, kv = cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim
-    v = cfg.vision
-    e, mlp, window = v.embed_dim, v.mlp_dim, v.embed_dim * v.spatial_merge_size**2
     lm = "model.layers.{layer}."
-    block = "visual.blocks.{layer}."
     return (
         TargetSpec(
             "qkv_proj",
@@ -77,6 +79,15 @@ def model_targets(cfg: ModelConfig) -> tuple[TargetSpec, ...]:
         TargetSpec(
             "down_proj", "language", layers, inter, (h,), ("mlp.down_proj",), lm + "mlp.down_proj"
         ),
+    )
+
+
+def vision_targets(cfg: ModelConfig) -> tuple[TargetSpec, ...]:
+    """qkv, proj, fc1, fc2 of every vision block, then the patch merger's two linears."""
+    h, v = cfg.hidden_size, cfg.vision
+    e, mlp, window = v.embed_dim, v.mlp_dim, v.embed_dim * v.spatial_merge_size**2
+    block = "visual.blocks.{layer}."
+    return (
         TargetSpec("visual.qkv", "vision", v.depth, e, (3 * e,), ("attn.qkv",), block + "attn.qkv"),
         TargetSpec("visual.proj", "vision", v.depth, e, (e,), ("attn.proj",), block + "attn.proj"),
         TargetSpec("visual.fc1", "vision", v.depth, e, (mlp,), ("mlp.fc1",), block + "mlp.fc1"),
