@@ -50,7 +50,7 @@ def hf_generate(llm: LLM, setting: str, batch: int, prompt_len: int, output_len:
     return rate
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-setting", default="qwen2-vl-7b")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 64])
@@ -65,10 +65,13 @@ def main() -> None:
         default=32,
         help="batch whose decode steps are profiled (0: none)",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
 
+
+def build_llm(args: argparse.Namespace) -> tuple[LLM, float]:
+    """The engine sized for the largest batch, and its startup wall time."""
     max_tokens = max(args.batch_sizes) * (args.prompt_len + args.output_len)
-    llm, startup_s = wall_time(
+    return wall_time(
         lambda: LLM(
             args.model_setting,
             device="cuda",
@@ -78,32 +81,56 @@ def main() -> None:
             enforce_eager=args.enforce_eager,
         )
     )
+
+
+def kv_bytes_per_token(llm: LLM) -> int:
     cfg = llm.engine.model_config
+    return 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
+
+
+def measure_batch(
+    llm: LLM, args: argparse.Namespace, batch: int, floor: tuple[float, int, int]
+) -> dict:
+    """One result row: engine throughput at ``batch``, its floor and (if asked) HF generate.
+    ``floor`` is (bandwidth, weight_bytes, kv_per_token)."""
+    bandwidth, weight_bytes, kv_per_token = floor
+    result = run_engine(llm, batch, args.prompt_len, args.output_len)
+    mean_context = args.prompt_len + args.output_len / 2
+    step_bytes = weight_bytes + batch * mean_context * kv_per_token
+    floor_tok_s = batch / (step_bytes / bandwidth)
+    row = {
+        "batch": batch,
+        **result,
+        "floor_tok_s": floor_tok_s,
+        "decode_fraction_of_floor": result["decode_tok_s"] / floor_tok_s,
+    }
+    if batch in args.hf_batch_sizes:
+        row["hf_generate_tok_s"] = hf_generate(
+            llm, args.model_setting, batch, args.prompt_len, args.output_len
+        )
+    return row
+
+
+def profile_if_asked(llm: LLM, args: argparse.Namespace) -> dict | None:
+    if not args.profile_batch:
+        return None
+    profile = profile_decode(llm, args.profile_batch, args.prompt_len)
+    print(json.dumps(profile)[:2000], flush=True)
+    return profile
+
+
+def main() -> None:
+    args = parse_args()
+    llm, startup_s = build_llm(args)
     bandwidth = copy_bandwidth()
     weight_bytes = decode_weight_bytes(llm)
-    kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
+    kv_per_token = kv_bytes_per_token(llm)
     rows = []
     for batch in args.batch_sizes:
-        result = run_engine(llm, batch, args.prompt_len, args.output_len)
-        mean_context = args.prompt_len + args.output_len / 2
-        step_bytes = weight_bytes + batch * mean_context * kv_per_token
-        floor_tok_s = batch / (step_bytes / bandwidth)
-        row = {
-            "batch": batch,
-            **result,
-            "floor_tok_s": floor_tok_s,
-            "decode_fraction_of_floor": result["decode_tok_s"] / floor_tok_s,
-        }
-        if batch in args.hf_batch_sizes:
-            row["hf_generate_tok_s"] = hf_generate(
-                llm, args.model_setting, batch, args.prompt_len, args.output_len
-            )
+        row = measure_batch(llm, args, batch, (bandwidth, weight_bytes, kv_per_token))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    profile = None
-    if args.profile_batch:
-        profile = profile_decode(llm, args.profile_batch, args.prompt_len)
-        print(json.dumps(profile)[:2000], flush=True)
+    profile = profile_if_asked(llm, args)
     record = {
         "benchmark": "engine_decode",
         **provenance(),

@@ -22,8 +22,15 @@ import json
 import statistics
 
 import torch
-from harness import hf_model_from, profile_decode, provenance, run_engine, time_hf_generate
-from merge_manager import merge_manager, register_subset
+from harness import (
+    hf_model_from,
+    merge_manager,
+    profile_decode,
+    provenance,
+    register_subset,
+    run_engine,
+    time_hf_generate,
+)
 
 from valora.adapters.manager import LoRAManager
 from valora.adapters.peft_loader import dummy_adapter
@@ -97,7 +104,7 @@ def merge_times(lora: LoRAManager, rank: int, repeats: int) -> dict:
     return out
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-setting", default="qwen2-vl-7b")
     parser.add_argument("--batch", type=int, default=32)
@@ -109,10 +116,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3, help="alternating base / LoRA runs")
     parser.add_argument("--out", default="benchmarks/results/lora.json")
-    args = parser.parse_args()
-    record = {"benchmark": "lora_overhead", **provenance(), "args": vars(args)}
+    return parser.parse_args()
 
-    # both engines live side by side and alternate, so clock drift hits both alike
+
+def base_and_lora_engines(args) -> tuple[LLM, LLM]:
+    """The engine without LoRA and the one serving ``args.batch`` rank-16 dummy adapters."""
     base = engine(args)
     # max_lora_rank 16: the deployment's rank bound (vLLM's --max-lora-rank), so the kernels'
     # rank tiles and tuned buckets match the adapters served
@@ -124,7 +132,12 @@ def main() -> None:
         max_loras=args.batch,
         max_lora_rank=16,
     )
-    names = [f"lora{i}" for i in range(args.batch)]
+    return base, lora
+
+
+def alternate_runs(base: LLM, lora: LLM, args, names: list[str]) -> dict:
+    """``args.rounds`` base / LoRA runs in turn -> medians, all runs and the LoRA overhead."""
+    record = {}
     runs = {"base": [], "lora": []}
     for _ in range(args.rounds):
         runs["base"].append(run_engine(base, args.batch, args.prompt_len, args.output_len))
@@ -135,6 +148,17 @@ def main() -> None:
         record[f"{name}_runs"] = runs[name]
     record["lora_overhead"] = 1 - record["lora"]["decode_tok_s"] / record["base"]["decode_tok_s"]
     print("overhead", record["lora_overhead"], flush=True)
+    return record
+
+
+def main() -> None:
+    args = parse_args()
+    record = {"benchmark": "lora_overhead", **provenance(), "args": vars(args)}
+
+    # both engines live side by side and alternate, so clock drift hits both alike
+    base, lora = base_and_lora_engines(args)
+    names = [f"lora{i}" for i in range(args.batch)]
+    record.update(alternate_runs(base, lora, args, names))
     record["lora_profile"] = profile_decode(lora, args.batch, args.prompt_len, adapters=names)
     record["adapter_bytes_read_per_step"] = adapter_bytes(lora, names, 16)
     free(lora)

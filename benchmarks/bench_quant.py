@@ -39,53 +39,78 @@ def _copies(wq: QuantizedWeight) -> int:
     return max(1, min(16, -(-200_000_000 // qbytes)))
 
 
+def _weight_copies(
+    w16: torch.Tensor, bits: int
+) -> tuple[QuantizedWeight, list[torch.Tensor], list[QuantizedWeight]]:
+    """The quantized weight and ``_copies`` copies of both the bf16 and the quantized weight."""
+    wq = quantize_rtn(w16.float(), bits, 128, sym=False).to("cuda")
+    copies = _copies(wq)
+    w16s = [w16.clone() for _ in range(copies)]
+    wqs = [
+        QuantizedWeight(*(t.clone() for t in (wq.qweight, wq.scales, wq.zeros)), None, bits, 128)
+        for _ in range(copies)
+    ]
+    return wq, w16s, wqs
+
+
+def _time_gemms(
+    x: torch.Tensor, w16s: list[torch.Tensor], wqs: list[QuantizedWeight]
+) -> dict[str, float]:
+    """Seconds per call of each GEMM on x, over the weight copies."""
+    calls = {
+        "bf16_cublas": lambda: [x @ w.t() for w in w16s],
+        "quant": lambda: [quant_matmul(x, w) for w in wqs],  # tuned
+        "dequant_cublas": lambda: [x @ dequantize_kn(w, torch.bfloat16) for w in wqs],
+    }
+    return {key: gpu_time(call, reps=20) / len(wqs) for key, call in calls.items()}
+
+
+def _floors(
+    m: int, n: int, k: int, bits: int, wq: QuantizedWeight, bandwidth: float, peak: float
+) -> dict[str, float]:
+    """max(bytes / bandwidth, FLOPs / peak) in seconds, for bf16 and the quantized weight."""
+    flops = 2 * m * n * k
+    qbytes = n * k * bits / 8 + wq.scales.numel() * 2 + wq.zeros.numel() * 4
+    io = 2 * m * (k + n)
+    return {
+        "bf16": max((2 * n * k + io) / bandwidth, flops / peak),
+        "quant": max((qbytes + io) / bandwidth, flops / peak),
+    }
+
+
+def _gemm_row(
+    name: str, x: torch.Tensor, n: int, bits: int, copies: int, times: dict, floors: dict
+) -> dict:
+    """The result row of x [M, K] times the (N, K) weight of shape ``name``."""
+    m, k = x.shape
+    best = times["quant"]
+    config = get_config(m, n, k, bits, x.dtype, x.device)
+    return {
+        "shape": name,
+        "N": n,
+        "K": k,
+        "M": m,
+        "bits": bits,
+        "config": config,
+        "weight_copies": copies,
+        **{f"{key}_us": v * 1e6 for key, v in times.items()},
+        "bf16_floor_us": floors["bf16"] * 1e6,
+        "quant_floor_us": floors["quant"] * 1e6,
+        "speedup_vs_bf16": times["bf16_cublas"] / best,
+        "quant_x_floor": best / floors["quant"],
+    }
+
+
 def gemm_rows(bits: int, bandwidth: float, peak: float) -> list[dict]:
     rows = []
     for name, (n, k) in SHAPES.items():
         w16 = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-        wq = quantize_rtn(w16.float(), bits, 128, sym=False).to("cuda")
-        copies = _copies(wq)
-        w16s = [w16.clone() for _ in range(copies)]
-        wqs = [
-            QuantizedWeight(
-                *(t.clone() for t in (wq.qweight, wq.scales, wq.zeros)), None, bits, 128
-            )
-            for _ in range(copies)
-        ]
+        wq, w16s, wqs = _weight_copies(w16, bits)
         for m in MS:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            calls = {  # each captured and timed before the next iteration rebinds x
-                "bf16_cublas": lambda: [x @ w.t() for w in w16s],  # noqa: B023
-                "quant": lambda: [quant_matmul(x, w) for w in wqs],  # noqa: B023 (tuned)
-                "dequant_cublas": lambda: [
-                    x @ dequantize_kn(w, torch.bfloat16)  # noqa: B023
-                    for w in wqs  # noqa: B023
-                ],
-            }
-            times = {key: gpu_time(call, reps=20) / copies for key, call in calls.items()}
-            flops = 2 * m * n * k
-            qbytes = n * k * bits / 8 + wq.scales.numel() * 2 + wq.zeros.numel() * 4
-            io = 2 * m * (k + n)
-            floors = {
-                "bf16": max((2 * n * k + io) / bandwidth, flops / peak),
-                "quant": max((qbytes + io) / bandwidth, flops / peak),
-            }
-            best = times["quant"]
-            config = get_config(m, n, k, bits, x.dtype, x.device)
-            row = {
-                "shape": name,
-                "N": n,
-                "K": k,
-                "M": m,
-                "bits": bits,
-                "config": config,
-                "weight_copies": copies,
-                **{f"{key}_us": v * 1e6 for key, v in times.items()},
-                "bf16_floor_us": floors["bf16"] * 1e6,
-                "quant_floor_us": floors["quant"] * 1e6,
-                "speedup_vs_bf16": times["bf16_cublas"] / best,
-                "quant_x_floor": best / floors["quant"],
-            }
+            times = _time_gemms(x, w16s, wqs)
+            floors = _floors(m, n, k, bits, wq, bandwidth, peak)
+            row = _gemm_row(name, x, n, bits, len(wqs), times, floors)
             print(
                 json.dumps(
                     {key: round(v, 2) if isinstance(v, float) else v for key, v in row.items()}

@@ -9,8 +9,7 @@ pointer tables from host memory, which a CUDA graph cannot capture).
 from __future__ import annotations
 
 import torch
-from harness import gpu_time, wall_time
-from merge_manager import merge_manager, register_subset
+from harness import gpu_time, merge_manager, register_subset, wall_time
 from torch.profiler import ProfilerActivity, profile
 
 from valora.adapters.merge_kernels import torch_merge_layers, triton_merge_layers

@@ -41,8 +41,31 @@ def gptq_quantize(
     block: int = 128,
 ) -> QuantizedWeight:
     w = weight.detach().float().clone()  # [N, K]
-    n, k = w.shape
+    k = w.shape[1]
     group_size = k if group_size == -1 else group_size
+    w, perm, hinv = _permuted_inverse_hessian(w, hessian, act_order, damp)
+    codes, scales, zeros = _quantize_columns(w, hinv, bits, group_size, sym, block)
+    inverse = torch.argsort(perm)
+    g_idx = (inverse // group_size).to(torch.int32)  # group of each original input row
+    out = QuantizedWeight(
+        pack_rows(codes[:, inverse].t().contiguous(), bits),
+        torch.stack(scales).half(),
+        torch.stack(zeros).to(torch.int32),
+        g_idx if act_order else None,
+        bits,
+        group_size,
+    )
+    out.validate()
+    return out
+
+
+def _permuted_inverse_hessian(
+    w: torch.Tensor, hessian: torch.Tensor, act_order: bool, damp: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> (w [N, K] with dead columns zeroed, in column order; the order perm [K]; the upper
+    Cholesky factor of the damped inverse Hessian [K, K], in that order). Zeroes w's dead columns
+    in place."""
+    k = w.shape[1]
     h = hessian.float().clone()
     dead = torch.diag(h) == 0
     h[dead, dead] = 1
@@ -51,6 +74,15 @@ def gptq_quantize(
     w, h = w[:, perm], h[perm][:, perm]
     h += damp * torch.mean(torch.diag(h)) * torch.eye(k)
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    return w, perm, hinv
+
+
+def _quantize_columns(
+    w: torch.Tensor, hinv: torch.Tensor, bits: int, group_size: int, sym: bool, block: int
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Quantize w [N, K] (updated in place) column by column in blocks, spreading each column's
+    error over the later ones -> (codes [N, K] int32, one scale [N] and zero [N] per group)."""
+    n, k = w.shape
     maxq = (1 << bits) - 1
     codes = torch.zeros(n, k, dtype=torch.int32)
     scales, zeros = [], []
@@ -70,15 +102,4 @@ def gptq_quantize(
             w1[:, i:] -= err[:, None] * hinv1[i, i:][None, :]
             err1[:, i] = err
         w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    inverse = torch.argsort(perm)
-    g_idx = (inverse // group_size).to(torch.int32)  # group of each original input row
-    out = QuantizedWeight(
-        pack_rows(codes[:, inverse].t().contiguous(), bits),
-        torch.stack(scales).half(),
-        torch.stack(zeros).to(torch.int32),
-        g_idx if act_order else None,
-        bits,
-        group_size,
-    )
-    out.validate()
-    return out
+    return codes, scales, zeros

@@ -296,51 +296,83 @@ def quant_matmul(x: torch.Tensor, w: QuantizedWeight, config: dict | None = None
         config = get_config(m, n, k, w.bits, x.dtype, x.device)
     if config["kernel"] == "dequant":
         return x @ dequantize_kn(w, x.dtype)
-    if config["kernel"] == "dot" and config["UNPACK"] not in ("planes", "reshape"):
-        raise ValueError(f"unknown UNPACK {config['UNPACK']!r}: planes or reshape")
-    if config["kernel"] == "gemv" and m != 1:
-        raise ValueError(f"the gemv kernel takes one row, got M={m}")
+    _check_kernel_config(config, m)
     split, block_k = config["SPLIT_K"], config["BLOCK_K"]
     # K splits in whole BLOCK_K tiles (multiples of pack), so a tile never straddles a split
     k_per_split = triton.cdiv(triton.cdiv(k, split), block_k) * block_k
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     ws = torch.empty(split, m, n, device=x.device, dtype=torch.float32) if split > 1 else y
     args = (x, w.qweight, w.scales, w.zeros, _gidx_arg(w), y, ws)
-    flags = {
+    flags = _kernel_flags(w, config)
+    if config["kernel"] == "gemv":
+        _launch_qgemv(args, flags, n, k, w.group_size, k_per_split, split)
+    else:
+        _launch_qgemm(args, flags, config, m, n, k, w.group_size, k_per_split, split)
+    return y
+
+
+def _check_kernel_config(config: dict, m: int) -> None:
+    if config["kernel"] == "dot" and config["UNPACK"] not in ("planes", "reshape"):
+        raise ValueError(f"unknown UNPACK {config['UNPACK']!r}: planes or reshape")
+    if config["kernel"] == "gemv" and m != 1:
+        raise ValueError(f"the gemv kernel takes one row, got M={m}")
+
+
+def _kernel_flags(w: QuantizedWeight, config: dict) -> dict:
+    """The constexpr / launch keywords the gemv and gemm kernels share."""
+    return {
         "BITS": w.bits,
         "BLOCK_N": config["BLOCK_N"],
-        "BLOCK_K": block_k,
-        "SPLITS": split > 1,
-        "TILE_GROUPS": _tile_groups(w, block_k),
+        "BLOCK_K": config["BLOCK_K"],
+        "SPLITS": config["SPLIT_K"] > 1,
+        "TILE_GROUPS": _tile_groups(w, config["BLOCK_K"]),
         "HAS_GIDX": w.g_idx is not None,
         "num_warps": config["num_warps"],
         "num_stages": config["num_stages"],
     }
-    n_tiles = triton.cdiv(n, config["BLOCK_N"])
-    if config["kernel"] == "gemv":
-        locks = _split_k_counters(x.device, n_tiles) if split > 1 else y
-        _qgemv_kernel[(n_tiles, split)](
-            *args, locks, n, k, w.group_size, k_per_split, split, **flags
-        )
-    else:
-        m_tiles = triton.cdiv(m, config["BLOCK_M"])
-        locks = _split_k_counters(x.device, m_tiles * n_tiles) if split > 1 else y
-        _qgemm_kernel[(m_tiles, n_tiles, split)](
-            *args,
-            locks,
-            m,
-            n,
-            k,
-            w.group_size,
-            k_per_split,
-            split,
-            x.stride(0),
-            y.stride(0),
-            BLOCK_M=config["BLOCK_M"],
-            UNPACK=config["UNPACK"],
-            **flags,
-        )
-    return y
+
+
+def _launch_qgemv(
+    args: tuple, flags: dict, n: int, k: int, group_size: int, k_per_split: int, split: int
+) -> None:
+    """``args`` is (x, qweight, scales, zeros, g_idx, y, ws); y doubles as the unread locks."""
+    x, y = args[0], args[5]
+    n_tiles = triton.cdiv(n, flags["BLOCK_N"])
+    locks = _split_k_counters(x.device, n_tiles) if split > 1 else y
+    _qgemv_kernel[(n_tiles, split)](*args, locks, n, k, group_size, k_per_split, split, **flags)
+
+
+def _launch_qgemm(
+    args: tuple,
+    flags: dict,
+    config: dict,
+    m: int,
+    n: int,
+    k: int,
+    group_size: int,
+    k_per_split: int,
+    split: int,
+) -> None:
+    """``args`` is (x, qweight, scales, zeros, g_idx, y, ws); y doubles as the unread locks."""
+    x, y = args[0], args[5]
+    n_tiles = triton.cdiv(n, flags["BLOCK_N"])
+    m_tiles = triton.cdiv(m, config["BLOCK_M"])
+    locks = _split_k_counters(x.device, m_tiles * n_tiles) if split > 1 else y
+    _qgemm_kernel[(m_tiles, n_tiles, split)](
+        *args,
+        locks,
+        m,
+        n,
+        k,
+        group_size,
+        k_per_split,
+        split,
+        x.stride(0),
+        y.stride(0),
+        BLOCK_M=config["BLOCK_M"],
+        UNPACK=config["UNPACK"],
+        **flags,
+    )
 
 
 def _gidx_arg(w: QuantizedWeight) -> torch.Tensor:

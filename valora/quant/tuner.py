@@ -36,41 +36,56 @@ SPLITS = (1, 2, 4, 8, 16)
 def candidates(m: int) -> list[dict]:
     """BLOCK_K 128 keeps a tile inside one group of 128 (one scale row per tile); planes need
     BLOCK_K // pack >= 16 (the dot depth)."""
-    if m == 1:  # (BLOCK_N, BLOCK_K, warps)
-        tiles = [(64, 128, 4), (128, 128, 4), (256, 128, 8), (128, 128, 8), (64, 256, 4)]
-        return [
-            {
-                "kernel": "gemv",
-                "BLOCK_N": bn,
-                "BLOCK_K": bk,
-                "SPLIT_K": sk,
-                "UNPACK": "planes",
-                "num_warps": w,
-                "num_stages": st,
-            }
-            for (bn, bk, w), sk, st in itertools.product(tiles, SPLITS, (3, 4))
-        ]
+    if m == 1:
+        return _gemv_candidates()
     if m <= 64:
-        bm = max(16, min(64, m))
-        tiles = [
-            ("planes", 64, 128),
-            ("planes", 128, 128),
-            ("reshape", 64, 128),
-            ("reshape", 128, 64),
-        ]
-        return [
-            {
-                "kernel": "dot",
-                "BLOCK_M": bm,
-                "BLOCK_N": bn,
-                "BLOCK_K": bk,
-                "SPLIT_K": sk,
-                "UNPACK": un,
-                "num_warps": 4,
-                "num_stages": 3,
-            }
-            for (un, bn, bk), sk in itertools.product(tiles, SPLITS)
-        ]
+        return _small_batch_dot_candidates(m)
+    return _large_batch_candidates()
+
+
+def _gemv_candidates() -> list[dict]:
+    """One row: gemv tiles (BLOCK_N, BLOCK_K, warps) x split-K x stages."""
+    tiles = [(64, 128, 4), (128, 128, 4), (256, 128, 8), (128, 128, 8), (64, 256, 4)]
+    return [
+        {
+            "kernel": "gemv",
+            "BLOCK_N": bn,
+            "BLOCK_K": bk,
+            "SPLIT_K": sk,
+            "UNPACK": "planes",
+            "num_warps": w,
+            "num_stages": st,
+        }
+        for (bn, bk, w), sk, st in itertools.product(tiles, SPLITS, (3, 4))
+    ]
+
+
+def _small_batch_dot_candidates(m: int) -> list[dict]:
+    """2..64 rows: one BLOCK_M covering the rows, dot tiles x split-K."""
+    bm = max(16, min(64, m))
+    tiles = [
+        ("planes", 64, 128),
+        ("planes", 128, 128),
+        ("reshape", 64, 128),
+        ("reshape", 128, 64),
+    ]
+    return [
+        {
+            "kernel": "dot",
+            "BLOCK_M": bm,
+            "BLOCK_N": bn,
+            "BLOCK_K": bk,
+            "SPLIT_K": sk,
+            "UNPACK": un,
+            "num_warps": 4,
+            "num_stages": 3,
+        }
+        for (un, bn, bk), sk in itertools.product(tiles, SPLITS)
+    ]
+
+
+def _large_batch_candidates() -> list[dict]:
+    """Over 64 rows: dequantize + cuBLAS, or dot tiles without split-K."""
     tiles = [
         ("planes", 128, 128, 128, 8),
         ("planes", 128, 256, 128, 8),

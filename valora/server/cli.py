@@ -13,8 +13,8 @@ from valora.cli_fields import add_cli_args, from_cli
 from valora.config import EngineConfig, LoRAConfig, SchedulerConfig
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """What is served and where: model, name, host, port, key."""
     p.add_argument("--model", help="checkpoint directory or model setting (default: the setting)")
     p.add_argument("--model-setting", default="tiny", help="tiny | qwen2-vl-2b | qwen2-vl-7b")
     p.add_argument("--dummy", action="store_true", help="dummy weights from --model-setting")
@@ -24,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--api-key", help="require 'Authorization: Bearer KEY' on every route but /health"
     )
+
+
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    """EngineConfig / SchedulerConfig fields, with the prefix-caching alias and warm-up."""
     add_cli_args(EngineConfig, p.add_argument_group("engine"))
     p.add_argument(
         "--no-prefix-caching",
@@ -39,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compile on first use)",
     )
     add_cli_args(SchedulerConfig, p.add_argument_group("scheduler"))
+
+
+def add_lora_args(p: argparse.ArgumentParser) -> None:
     lora = p.add_argument_group("LoRA")
     add_cli_args(LoRAConfig, lora)
     lora.add_argument("--num-adapter", type=int, default=0, help="dummy adapters lora0..loraN-1")
@@ -46,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     lora.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
     lora.add_argument("--enable-lora", action="store_true", help="LoRA on even with no adapter yet")
     lora.add_argument("--lora-root", help="runtime adapter loads only from under this directory")
-    # requests
+
+
+def add_request_args(p: argparse.ArgumentParser) -> None:
+    """Per-request limits: media, pending requests, body size, docs, shutdown."""
     p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
     p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) images")
     p.add_argument("--max-images-per-request", type=int, default=8)
@@ -72,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="on SIGTERM: seconds in-flight requests get to finish before they are "
         "aborted (new requests get 503 meanwhile)",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_model_args(p)
+    add_engine_args(p)
+    add_lora_args(p)
+    add_request_args(p)
     return p
 
 
