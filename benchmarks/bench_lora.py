@@ -47,7 +47,7 @@ def engine(args, **lora) -> LLM:
         dtype="bfloat16",
         num_token=tokens,
         max_num_seqs=args.batch,
-        **lora,
+        **{"policy": "fcfs", **lora},  # unmerged ATMM unless a caller asks for merging
     )
 
 

@@ -44,7 +44,9 @@ def test_1000_switches_leave_the_base_weights_bit_identical():
 
 def test_reload_under_the_same_name_never_reuses_old_kv(refs):
     ckpt, dirs, expected = refs
-    llm = LLM(ckpt, device="cpu", lora_modules={"x": dirs["first"]}, lora_backend="torch")
+    llm = LLM(
+        ckpt, device="cpu", lora_modules={"x": dirs["first"]}, lora_backend="torch", policy="fcfs"
+    )
     prompt = text_prompt(llm)
     out = llm.generate([prompt], GREEDY, lora="x", use_tqdm=False)[0]
     assert out.outputs[0].token_ids == expected[("first", "text")]
@@ -59,7 +61,9 @@ def test_reload_under_the_same_name_never_reuses_old_kv(refs):
 
 def test_unload_while_in_use_finishes_the_running_request(refs):
     ckpt, dirs, expected = refs
-    llm = LLM(ckpt, device="cpu", lora_modules={"x": dirs["first"]}, lora_backend="torch")
+    llm = LLM(
+        ckpt, device="cpu", lora_modules={"x": dirs["first"]}, lora_backend="torch", policy="fcfs"
+    )
     engine = llm.engine
     engine.add_request("r", text_prompt(llm), GREEDY, "x")
     engine.step()

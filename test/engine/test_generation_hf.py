@@ -109,7 +109,9 @@ def test_shared_system_prompt_hits_the_cache(checkpoint):
 
 def test_different_adapters_never_share_blocks(checkpoint):
     _, path = checkpoint
-    llm = LLM(path, device="cpu", block_size=4, enable_lora=True, lora_backend="torch")
+    llm = LLM(
+        path, device="cpu", block_size=4, enable_lora=True, lora_backend="torch", policy="fcfs"
+    )
     engine, prompt = llm.engine, "A fairly long prompt that spans several blocks of tokens."
     engine.load_dummy_adapter("alpha", 8, seed=1)
     engine.load_dummy_adapter("beta", 8, seed=2)

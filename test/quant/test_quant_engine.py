@@ -73,7 +73,8 @@ def tokens(outs) -> list[list[int]]:
 def test_merged_modes_on_a_quantized_base_use_overlays_and_match_unmerged(mode):
     """The merged adapter runs on a dense overlay (dequantized weight + delta); the quantized
     weights are never written; tokens equal the always-unmerged engine's."""
-    plain = LLM("tiny", **QUANT_LORA).generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    unmerged = LLM("tiny", policy="fcfs", **QUANT_LORA)  # always unmerged
+    plain = unmerged.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
     llm = LLM("tiny", scheduler="valora", policy_options={"force_mode": mode}, **QUANT_LORA)
     qkv = llm.engine.model.model.layers[0].self_attn.qkv_proj.base
     packed = qkv.quantized.qweight.clone()
@@ -98,7 +99,8 @@ def test_merged_modes_on_a_quantized_base_use_overlays_and_match_unmerged(mode):
 
 def test_quant_merge_off_runs_unmerged_and_stays_exact():
     """Without overlays the merge plans are not carried out; tokens equal unmerged ones."""
-    plain = LLM("tiny", **QUANT_LORA).generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
+    unmerged = LLM("tiny", policy="fcfs", **QUANT_LORA)  # always unmerged
+    plain = unmerged.generate(PROMPTS, GREEDY, lora=ADAPTERS, use_tqdm=False)
     llm = LLM(
         "tiny",
         scheduler="valora",
@@ -144,7 +146,7 @@ def test_partial_adapters_match_unmerged_in_merged_modes(tmp_path, mode):
     """Adapters that train some targets only (PEFT directories loaded through the API): under
     a merged mode their tokens equal the always-unmerged engine's."""
     llms = [
-        LLM("tiny", **QUANT_LORA),
+        LLM("tiny", policy="fcfs", **QUANT_LORA),  # always unmerged
         LLM("tiny", scheduler="valora", policy_options={"force_mode": mode}, **QUANT_LORA),
     ]
     cfg = llms[0].engine.model_config

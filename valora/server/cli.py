@@ -120,9 +120,10 @@ def build_server(args: argparse.Namespace):
     from valora.server.media import MediaPolicy
 
     config = engine_config_from(args)
+    modules = lora_modules(args.lora_modules)  # a malformed flag fails before the model loads
     model = config.model
     engine = build_engine(config)
-    for name, path in lora_modules(args.lora_modules).items():
+    for name, path in modules.items():
         engine.load_adapter(name, path)
     for i, rank in enumerate(dummy_ranks(args.num_adapter, args.dummy_ranks)):
         engine.load_dummy_adapter(f"lora{i}", rank, seed=config.seed + 1 + i)
