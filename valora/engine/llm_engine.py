@@ -19,7 +19,7 @@ from torch import nn
 from valora.adapters.manager import LoRAManager
 from valora.block_manager import BlockManager
 from valora.config import EngineConfig, ModelConfig
-from valora.engine.stats import EngineSnapshot, EngineStats
+from valora.engine.stats import EngineSnapshot, EngineStats, take_snapshot
 from valora.engine.weights_plan import WeightsPlan
 from valora.inputs import ProcessedPrompt, PromptType, build_request, process_prompt
 from valora.model_runner import ModelRunner
@@ -196,29 +196,8 @@ class LLMEngine:
     def snapshot(self) -> EngineSnapshot:
         """Queues, KV usage, adapter pool and step totals now (plain values: safe to read from
         another thread; a scrape may see a step half done, never a broken value)."""
-        bm, sched, lora = self.block_manager, self.scheduler, self.lora
-        pool = None if lora is None else lora.pool.stats
-        return EngineSnapshot(
-            num_waiting=len(sched.waiting),
-            num_running=len(sched.running),
-            num_unfinished=len(self._requests),
-            num_preemptions=sched.num_preemptions,
-            kv_blocks_total=bm.num_blocks,
-            kv_blocks_in_use=bm.num_blocks - bm.num_free_blocks,
-            block_size=bm.block_size,
-            prefix_cache_queries=bm.stats.queries,
-            prefix_cache_hits=bm.stats.hits,
-            adapter_request_pins=0 if lora is None else lora.num_request_pins(),
-            adapter_refs=0 if lora is None else lora.registry.num_refs(),
-            merged_adapter=None if lora is None else lora.merged,
-            merge_overlays=lora is not None
-            and lora.merger is not None
-            and lora.merger.has_overlays,
-            pool_loads=pool.loads if pool else 0,
-            pool_prefetches=pool.prefetches if pool else 0,
-            pool_evictions=pool.evictions if pool else 0,
-            host_loads=0 if lora is None else lora.registry.host_loads,
-            steps=self.stats.snapshot(),
+        return take_snapshot(
+            self.scheduler, self.block_manager, self.lora, len(self._requests), self.stats
         )
 
     def check_invariants(self) -> None:

@@ -79,3 +79,31 @@ class EngineSnapshot:
             or self.adapter_request_pins
             or self.adapter_refs
         )
+
+
+def take_snapshot(
+    scheduler, block_manager, lora, num_unfinished: int, stats: EngineStats
+) -> EngineSnapshot:
+    """The engine's ``snapshot()``: plain values read from its parts (``lora`` None: no LoRA)."""
+    bm, pool = block_manager, None if lora is None else lora.pool.stats
+    merger = None if lora is None else lora.merger
+    return EngineSnapshot(
+        num_waiting=len(scheduler.waiting),
+        num_running=len(scheduler.running),
+        num_unfinished=num_unfinished,
+        num_preemptions=scheduler.num_preemptions,
+        kv_blocks_total=bm.num_blocks,
+        kv_blocks_in_use=bm.num_blocks - bm.num_free_blocks,
+        block_size=bm.block_size,
+        prefix_cache_queries=bm.stats.queries,
+        prefix_cache_hits=bm.stats.hits,
+        adapter_request_pins=0 if lora is None else lora.num_request_pins(),
+        adapter_refs=0 if lora is None else lora.registry.num_refs(),
+        merged_adapter=None if lora is None else lora.merged,
+        merge_overlays=merger is not None and merger.has_overlays,
+        pool_loads=pool.loads if pool else 0,
+        pool_prefetches=pool.prefetches if pool else 0,
+        pool_evictions=pool.evictions if pool else 0,
+        host_loads=0 if lora is None else lora.registry.host_loads,
+        steps=stats.snapshot(),
+    )
