@@ -170,3 +170,18 @@ def test_the_graph_counts_function_level_relative_and_submodule_imports(tmp_path
     assert [c for c in strongly_connected_components(edges) if len(c) > 1] == [
         ["pkg.a", "pkg.sub", "pkg.sub.b"]
     ]
+
+
+def test_the_control_plane_imports_no_torch():
+    """request, sampling params, block manager, scheduler, orchestrator and the configs run
+    without torch (their tests take milliseconds): importing them loads no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import valora.scheduler, valora.block_manager, valora.request, "
+        "valora.sampling_params, valora.orchestrator, valora.config; "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
