@@ -95,6 +95,10 @@ class LLMEngine:
         entries = {name: registry.entries.get((name, version)) for name, version in latest.items()}
         return {name: e.description for name, e in sorted(entries.items()) if e is not None}
 
+    def has_adapter(self, name: str) -> bool:
+        """Whether ``name`` is loaded (one dict lookup: servers call it per request)."""
+        return self.lora is not None and name in self.lora.registry.latest
+
     def load_adapter(self, name: str, path: str | Path, root: str | Path | None = None) -> int:
         """Load (or reload: a new version) a PEFT adapter directory; returns its version. With
         ``root``, every file must resolve to a path under it."""
@@ -107,7 +111,7 @@ class LLMEngine:
     def unload_adapter(self, name: str) -> None:
         """New requests can no longer name it; requests already using it finish on it."""
         lora = self._lora_or_error()
-        if name not in lora.registry.latest:
+        if not self.has_adapter(name):
             raise KeyError(f"adapter {name!r} is not loaded")
         lora.remove_adapter(name)
 

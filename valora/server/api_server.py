@@ -175,7 +175,7 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
 
     @app.post("/v1/unload_lora_adapter")
     async def unload_adapter(body: UnloadLoRAAdapterRequest):
-        if body.lora_name not in engine.adapters():
+        if not engine.has_adapter(body.lora_name):
             return error(404, f"adapter {body.lora_name!r} is not loaded", param="lora_name")
         # requests already running on it finish on its weights; new ones cannot name it
         try:
@@ -188,7 +188,7 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
 def _adapter_for(engine: LLMEngine, config: ServerConfig, model: str) -> str | None:
     if model in (config.served_model_name, config.model_root):
         return None
-    if model in engine.adapters():
+    if engine.has_adapter(model):
         return model
     raise ModelNotFound(f"the model {model!r} does not exist")
 
