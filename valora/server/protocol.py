@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from valora.sampling_params import SamplingParams
+from valora.sampling_params import SEED_RANGE, SamplingParams
 
 
 class _Body(BaseModel):
@@ -53,7 +53,7 @@ class _Sampling(_Body):
     top_p: float = 1.0
     n: int = 1
     stop: str | list[str] | None = None
-    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)  # int64
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])  # int64
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: float = 0.0
