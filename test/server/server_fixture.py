@@ -6,9 +6,20 @@ import threading
 import time
 from contextlib import contextmanager
 
+import httpx
 import uvicorn
 
 from valora.server.cli import build_parser, build_server
+
+# small limits the reliability, hardening and fuzz servers share: short generations, 1 MiB bodies
+SMALL_LIMITS = (
+    "--lora-backend",
+    "torch",
+    "--max-model-len",
+    "96",
+    "--max-request-body-bytes",
+    str(1 << 20),
+)
 
 
 @contextmanager
@@ -42,3 +53,25 @@ def running_server(*cli_args: str):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def assert_idle(url: str, timeout: float = 20) -> None:
+    """Alive, and once quiet nothing is held: no request, KV block or adapter pin."""
+    assert httpx.get(url + "/health").status_code == 200
+    names = (
+        "valora_num_requests_running",
+        "valora_num_requests_waiting",
+        "valora_kv_blocks_in_use",
+        "valora_lora_request_pins",
+    )
+    deadline = time.monotonic() + timeout
+    while any(metric(url, n) for n in names):
+        assert time.monotonic() < deadline, {n: metric(url, n) for n in names}
+        time.sleep(0.05)
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)

@@ -9,25 +9,16 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, settings
-from server_fixture import running_server
-from test_reliability import assert_idle
+from server_fixture import SMALL_LIMITS, assert_idle, running_server
 
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-root")
-    with running_server(
-        "--num-adapter",
-        "2",
-        "--lora-root",
-        str(root),
-        "--lora-backend",
-        "torch",
-        "--max-model-len",
-        "96",
-        "--max-request-body-bytes",
-        str(1 << 20),
-    ) as (url, *_):
+    with running_server("--num-adapter", "2", "--lora-root", str(root), *SMALL_LIMITS) as (
+        url,
+        *_,
+    ):
         yield url
 
 

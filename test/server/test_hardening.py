@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import httpx
 import pytest
 from peft_reference import ADAPTERS, build_references
 from PIL import ImageFile
-from server_fixture import running_server
+from server_fixture import SMALL_LIMITS, running_server
+from soak_setup import free_port, wait_healthy
 
 CHAT = [{"role": "user", "content": "hi"}]
 
@@ -37,18 +37,10 @@ def peft_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("lora-root")
-    with running_server(
-        "--num-adapter",
-        "1",
-        "--lora-root",
-        str(root),
-        "--lora-backend",
-        "torch",
-        "--max-model-len",
-        "96",
-        "--max-request-body-bytes",
-        str(1 << 20),
-    ) as (url, engine, app):
+    with running_server("--num-adapter", "1", "--lora-root", str(root), *SMALL_LIMITS) as (
+        url,
+        *_,
+    ):
         yield url, root
 
 
@@ -236,12 +228,6 @@ def test_a_dead_engine_answers_503_everywhere_and_ends_its_streams():
         assert_openai_error(r, 503, "cannot serve") and time.monotonic() - start < 2
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_sigterm_drains_in_flight_requests_then_exits():
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -265,14 +251,7 @@ def test_sigterm_drains_in_flight_requests_then_exits():
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
+        wait_healthy(url, server, timeout=120)
         body = {
             "model": "tiny",
             "prompt": "drain",

@@ -14,7 +14,7 @@ import openai
 import pytest
 from peft_reference import ADAPTERS, build_references
 from safetensors.torch import load_file, save_file
-from server_fixture import running_server
+from server_fixture import assert_idle, metric, running_server
 
 GREEDY = {"temperature": 0, "max_tokens": 6, "extra_body": {"ignore_eos": True}}
 CHAT = [{"role": "user", "content": "Say something."}]
@@ -45,28 +45,6 @@ def server(tmp_path_factory):
     )
     with running_server(*args) as (url, engine, app):
         yield url, engine, app, root
-
-
-def assert_idle(url: str, timeout: float = 20) -> None:
-    """Alive, and once quiet nothing is held: no request, KV block or adapter pin."""
-    assert httpx.get(url + "/health").status_code == 200
-    names = (
-        "valora_num_requests_running",
-        "valora_num_requests_waiting",
-        "valora_kv_blocks_in_use",
-        "valora_lora_request_pins",
-    )
-    deadline = time.monotonic() + timeout
-    while any(metric(url, n) for n in names):
-        assert time.monotonic() < deadline, {n: metric(url, n) for n in names}
-        time.sleep(0.05)
-
-
-def metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
 
 
 async def stream_text(client, model: str, prompt: str, max_tokens: int = 12) -> str:

@@ -19,7 +19,7 @@ import openai
 import pytest
 from peft_reference import ADAPTERS, build_references
 from PIL import Image
-from server_fixture import running_server
+from server_fixture import metric, running_server
 
 GREEDY = {"temperature": 0, "max_tokens": 6, "extra_body": {"ignore_eos": True}}
 
@@ -78,13 +78,6 @@ def chat_with_image(client, model: str, **kwargs):
     return client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": content}], **kwargs
     )
-
-
-def metric(url: str, name: str) -> float:
-    for line in httpx.get(url + "/metrics").text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise KeyError(name)
 
 
 def test_models_list_base_and_adapters(client):
