@@ -13,13 +13,14 @@ from valora.adapters.peft_loader import dummy_ranks as dummy_ranks_for
 from valora.cli_fields import split_kwargs
 from valora.config import EngineConfig, LoRAConfig, SchedulerConfig
 from valora.engine import LLMEngine, build_engine
+from valora.engine.builder import TORCH_DTYPES
 from valora.inputs import PromptType
 from valora.request import RequestOutput
 from valora.sampling_params import RequestOutputKind, SamplingParams
 
 # older keyword names -> the config field they set
 _ALIASES = {"scheduler": "policy", "lora_backend": "backend", "lora_towers": "towers"}
-_TORCH_DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
+_DTYPE_NAMES = {dtype: name for name, dtype in TORCH_DTYPES.items()}  # torch dtype -> config
 
 
 def engine_config(model: str, enable_lora: bool, **kwargs: Any) -> EngineConfig:
@@ -27,7 +28,7 @@ def engine_config(model: str, enable_lora: bool, **kwargs: Any) -> EngineConfig:
     its name (``EngineConfig``, ``SchedulerConfig``, ``LoRAConfig``); TypeError for others."""
     kwargs = {_ALIASES.get(k, k): v for k, v in kwargs.items()}
     if isinstance(kwargs.get("dtype"), torch.dtype):
-        kwargs["dtype"] = _TORCH_DTYPES[kwargs["dtype"]]
+        kwargs["dtype"] = _DTYPE_NAMES[kwargs["dtype"]]
     engine_kw, sched_kw, lora_kw = split_kwargs(kwargs, EngineConfig, SchedulerConfig, LoRAConfig)
     if lora_kw and not enable_lora:
         raise ValueError(

@@ -30,13 +30,14 @@ from valora.output_processor import OutputProcessor
 from valora.scheduler import OpenGate, Scheduler
 from valora.tokenizer import Tokenizer
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# EngineConfig.dtype names -> torch dtypes
+TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def build_engine(config: EngineConfig) -> LLMEngine:
     config = resolve_device(config)
     plan = plan_weights(config.model, config.quantization)  # before anything is loaded
-    dtype = _DTYPES[config.dtype]
+    dtype = TORCH_DTYPES[config.dtype]
     model = load_weights(plan, dtype, config.device, config.seed)
     tokenizer = Tokenizer.load(None if plan.is_dummy else config.model)
     sched_cfg = config.scheduler
