@@ -163,9 +163,9 @@ def fused_candidates(max_seg_len: int) -> list[dict]:
 _REPS = 10  # timed replays per candidate (median)
 
 
-def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tuple[dict, float]:
-    """Fastest candidate for one bucket: every segment full, every slot its own rank-max_rank
-    adapter (the slowest case of the bucket)."""
+def bucket_runner(op, k, slices, max_rank, max_seg_len, num_segments, dtype):
+    """(candidates, run(config)) for one bucket: every segment full, every slot its own
+    rank-max_rank adapter (the slowest case of the bucket)."""
     w = make_weights([max_rank] * min(num_segments, 64), k, slices, dtype, "cuda")
     slots = [i % w.num_slots for i in range(num_segments)]
     segs = LoRASegments.build([max_seg_len] * num_segments, slots, "cuda")
@@ -174,24 +174,30 @@ def tune_bucket(op, k, slices, max_rank, max_seg_len, num_segments, dtype) -> tu
     y = torch.zeros(num_tokens, sum(slices), device="cuda", dtype=dtype)
     v = torch.zeros(num_tokens, len(slices), max_rank, device="cuda")
     if op == "shrink":
-        candidates = shrink_candidates(max_seg_len, max_rank)
-        run = lambda c: launch_shrink(x, w.a, v, segs, w.ranks, c)  # noqa: E731
-    elif op == "fused":
-        candidates = fused_candidates(max_seg_len)
-        run = lambda c: launch_fused(x, w, y, segs, c)  # noqa: E731
-    else:
-        candidates = expand_candidates(max_seg_len, max_rank)
+        return shrink_candidates(max_seg_len, max_rank), lambda c: launch_shrink(
+            x, w.a, v, segs, w.ranks, c
+        )
+    if op == "fused":
+        return fused_candidates(max_seg_len), lambda c: launch_fused(x, w, y, segs, c)
+    return expand_candidates(max_seg_len, max_rank), lambda c: launch_expand(
+        v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets, c
+    )
 
-        def run(c):
-            return launch_expand(v, w.b, y, segs, w.ranks, w.scalings, w.slice_offsets, c)
 
+def time_config(run, config) -> float:
+    """Milliseconds of one launch with ``config`` (inf where it cannot run on this GPU)."""
+    try:
+        return 1e3 * gpu_time(lambda: run(config), reps=_REPS)
+    except (triton.runtime.errors.OutOfResources, RuntimeError):
+        torch.cuda.synchronize()
+        return float("inf")
+
+
+def tune_bucket(candidates, run) -> tuple[dict | None, float]:
+    """Fastest candidate of one bucket and its time in milliseconds."""
     best, best_ms = None, float("inf")
     for config in candidates:
-        try:
-            ms = 1e3 * gpu_time(lambda: run(config), reps=_REPS)  # noqa: B023 (used at once)
-        except (triton.runtime.errors.OutOfResources, RuntimeError):
-            torch.cuda.synchronize()
-            continue
+        ms = time_config(run, config)
         if ms < best_ms:
             best, best_ms = config, ms
     return best, best_ms
@@ -225,17 +231,29 @@ def main() -> None:
         if time.monotonic() > deadline:
             print(f"budget reached after {done} buckets; run again to continue", flush=True)
             break
-        config, ms = tune_bucket(op, dim_k, slices, max_rank, m, s, dtype)
+        candidates, run = bucket_runner(op, dim_k, slices, max_rank, m, s, dtype)
+        config, ms = tune_bucket(candidates, run)
         if config is None:
             print(f"{key}: no candidate runs on this GPU; the default stays", flush=True)
             continue
         if op == "fused":
             config = _fused_or_separate(table, config, ms, dim_k, slices, max_rank, m, s)
+        previous = _previous_cost(table.get(key), run)
         table[key] = config | {"us": round(ms * 1e3, 2)}
         done += 1
-        print(f"{key}: {config} {ms * 1e3:.1f} us", flush=True)
+        print(f"{key}: {config} {ms * 1e3:.1f} us{previous}", flush=True)
     write_table(path, name, args.dtype, table)
     print(f"wrote {len(table)} buckets to {path}")
+
+
+def _previous_cost(entry: dict | None, run) -> str:
+    """On ``--retune``: the replaced entry's time under today's timer, so a log shows how much a
+    re-tuning (e.g. after a change of timing method) actually gains per bucket."""
+    if entry is None or entry.get("path") == "separate":
+        return ""
+    old = {k: v for k, v in entry.items() if k not in ("us", "note", "separate_us")}
+    now_us = time_config(run, old) * 1e3
+    return f" (previous config: {now_us:.1f} us now, {entry.get('us')} us recorded)"
 
 
 def _fused_or_separate(table, config, ms, k, slices, max_rank, m, s) -> dict:

@@ -108,3 +108,17 @@ def test_the_tuner_covers_every_lora_target_shape_of_both_models():
         served = {(t.in_features, tuple(t.slice_sizes)) for t in model_targets(cfg)}
         tuned = {(k, tuple(slices)) for k, slices in MODEL_TARGETS[name]}
         assert served <= tuned, served - tuned
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("op", ["shrink", "expand", "fused"])
+def test_the_tuner_times_a_bucket_and_skips_configs_the_gpu_cannot_run(op):
+    from atmm.tuner import bucket_runner, time_config, tune_bucket
+
+    candidates, run = bucket_runner(op, 256, [128, 64], 16, 32, 3, torch.float16)
+    best, best_ms = tune_bucket(candidates[:4], run)
+    assert best in candidates[:4] and 0 < best_ms < 1e3
+    # tile paths: one pipeline stage of these blocks alone needs more shared memory than any GPU
+    too_big = dict(best, BLOCK_M=256, BLOCK_N=256, BLOCK_K=256, num_stages=8)
+    assert time_config(run, too_big) == float("inf")
+    assert tune_bucket([too_big], run) == (None, float("inf"))
