@@ -286,16 +286,37 @@ class EngineConfig:
         "memory)",
         choices=QUANT_MERGE,
     )
+    mm_processor_kwargs: str = option(
+        "",
+        "JSON overrides of the checkpoint's image/video processor settings, e.g. "
+        '\'{"max_pixels": 1003520, "fps": 1.0}\' (min_pixels, max_pixels, fps, min_frames, '
+        "max_frames)",
+    )
     scheduler: SchedulerConfig = option(SchedulerConfig(), cli=False)
     lora: LoRAConfig | None = option(None, cli=False)
 
     def __post_init__(self) -> None:
+        if isinstance(self.mm_processor_kwargs, dict):  # LLM(mm_processor_kwargs={...})
+            object.__setattr__(self, "mm_processor_kwargs", json.dumps(self.mm_processor_kwargs))
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.quant_merge not in QUANT_MERGE:
             raise ValueError(f"quant_merge must be auto, on or off, got {self.quant_merge!r}")
         if self.block_size < 1 or not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("block_size must be >= 1 and gpu_memory_utilization in (0, 1]")
+
+    @property
+    def processor_overrides(self) -> dict:
+        """``mm_processor_kwargs`` parsed (ValueError if it is not a JSON object)."""
+        if not self.mm_processor_kwargs:
+            return {}
+        try:
+            value = json.loads(self.mm_processor_kwargs)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"mm_processor_kwargs is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise ValueError("mm_processor_kwargs must be a JSON object")
+        return value
 
     @property
     def on_gpu(self) -> bool:

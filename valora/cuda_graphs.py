@@ -33,7 +33,7 @@ import torch
 from tqdm import tqdm
 
 from valora.adapters.runtime import LoRASegments, lora_mode
-from valora.forward import EagerForward, StepBatch
+from valora.forward import EagerForward, StepBatch, StepOutput
 from valora.layers.paged_attention import KVCache, PagedAttentionMetadata
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 
@@ -185,7 +185,7 @@ class GraphForward:
         self.graphs = graphs
         self.eager = eager
 
-    def __call__(self, batch: StepBatch) -> torch.Tensor | None:
+    def __call__(self, batch: StepBatch) -> StepOutput:
         if (
             batch.is_decode
             and batch.num_seqs <= self.graphs.max_batch_size
@@ -193,5 +193,5 @@ class GraphForward:
         ):
             variant = self.graphs.variant(batch)
             if variant in self.graphs.variants:
-                return self.graphs.replay(batch, variant)
+                return StepOutput(self.graphs.replay(batch, variant))
         return self.eager(batch)

@@ -2,14 +2,14 @@
 
 ``StepBatch`` is what the model runner prepares from a ``SchedulerOutput``: host arrays (token
 ids, M-RoPE positions, cache slots, block tables) plus the image embeddings of the step. A
-forward strategy turns it into the logits of the rows that sample: ``EagerForward`` here (any
-batch), ``GraphForward`` in ``valora.cuda_graphs`` (replays captured decode graphs, eager for
-the rest).
+forward strategy turns it into a ``StepOutput``: the logits of the rows that sample and the final
+hidden states of the rows that a task head classifies: ``EagerForward`` here (any batch),
+``GraphForward`` in ``valora.cuda_graphs`` (replays captured decode graphs, eager for the rest).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -31,6 +31,8 @@ class StepBatch:
     image_rows: list[int]  # rows of the batch that take image embeddings, in order
     sample_rows: list[int]  # last row of each request that samples this step
     sample_requests: list[Request]
+    head_rows: list[int] = field(default_factory=list)  # last prompt row of classify requests
+    head_requests: list[Request] = field(default_factory=list)
     seq_slots: list[int] | None = None  # adapter pool slot per sequence (-1: base); None: no LoRA
     merged_slot: int | None = None  # pool slot of the adapter merged into the base, if any
 
@@ -46,15 +48,21 @@ class StepBatch:
         return len(self.input_ids) == num and len(self.sample_rows) == num and not self.image_rows
 
 
+@dataclass
+class StepOutput:
+    logits: torch.Tensor | None  # [len(sample_rows), V] fp32; None when no row samples
+    head_hidden: torch.Tensor | None = None  # [len(head_rows), hidden]; None when none
+
+
 class EagerForward:
-    """Runs the model on any StepBatch; returns logits [len(sample_rows), V] fp32 (None when no
-    row samples). With LoRA (``runtime``), sets the language tower's segments first."""
+    """Runs the model on any StepBatch -> ``StepOutput``. With LoRA (``runtime``), sets the
+    language tower's segments first."""
 
     def __init__(self, model: Qwen2VLForConditionalGeneration, runtime=None) -> None:
         self.model = model
         self.runtime = runtime  # valora.adapters.runtime.LoRARuntime or None
 
-    def __call__(self, batch: StepBatch) -> torch.Tensor | None:
+    def __call__(self, batch: StepBatch) -> StepOutput:
         device = self.model.device
         if self.runtime is not None:
             language = (batch.seq_slots, batch.query_lens)
@@ -69,6 +77,5 @@ class EagerForward:
             batch.image_embeds,
             torch.tensor(batch.image_rows, dtype=torch.long, device=device),
         )
-        if not batch.sample_rows:
-            return None
-        return self.model.compute_logits(hidden[batch.sample_rows])
+        logits = self.model.compute_logits(hidden[batch.sample_rows]) if batch.sample_rows else None
+        return StepOutput(logits, hidden[batch.head_rows] if batch.head_rows else None)

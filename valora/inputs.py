@@ -1,7 +1,11 @@
-"""Prompt processing: a user prompt (text, token ids, or text with images) -> a ``Request``.
+"""Prompt processing: a user prompt (text, token ids, or text with images and videos) -> a
+``Request``.
 
 As with Hugging Face tokenizers, special tokens written in prompt text become their ids, and a
-raw prompt carries one ``<|image_pad|>`` per image, expanded here to that image's token count.
+raw prompt carries one ``<|image_pad|>`` per image and one ``<|video_pad|>`` per video, expanded
+here to that input's token count. A prompt dict may carry ``mm_processor_kwargs`` (vLLM's name:
+min_pixels, max_pixels, fps, min_frames, max_frames) that override the processors' settings for
+that prompt only.
 """
 
 from __future__ import annotations
@@ -15,36 +19,68 @@ from valora.config import ModelConfig
 from valora.mrope import mrope_positions
 from valora.multimodal import (
     ImageProcessorConfig,
-    ProcessedImage,
-    expand_image_placeholders,
+    ProcessedVision,
+    expand_vision_placeholders,
     process_image,
 )
+from valora.processor_config import apply_overrides
 from valora.request import ImageSpan, Request
 from valora.sampling_params import SamplingParams
 from valora.tokenizer import Tokenizer
+from valora.video import VideoProcessorConfig, process_video
 
 PromptType = str | list[int] | dict[str, Any]
 
 
-def parse_prompt(prompt: PromptType) -> tuple[str | None, list[int] | None, list]:
-    """-> (text or None, token ids or None, raw images)."""
+@dataclass(frozen=True)
+class ParsedPrompt:
+    text: str | None
+    token_ids: list[int] | None
+    images: list
+    videos: list
+    mm_processor_kwargs: dict | None = None
+
+
+def parse_prompt(prompt: PromptType) -> ParsedPrompt:
+    """A user prompt -> its text or token ids, raw images and videos, and processor overrides."""
     if isinstance(prompt, str):
-        return prompt, None, []
+        return ParsedPrompt(prompt, None, [], [])
     if isinstance(prompt, list):
         if not all(isinstance(t, int) for t in prompt):
             raise ValueError("a token-id prompt must be a list of ints")
-        return None, prompt, []
-    if isinstance(prompt, dict):
-        images = (prompt.get("multi_modal_data") or {}).get("image", [])
-        images = images if isinstance(images, list) else [images]
+        return ParsedPrompt(None, prompt, [], [])
+    if isinstance(prompt, dict) and ("prompt_token_ids" in prompt or "prompt" in prompt):
+        data = prompt.get("multi_modal_data") or {}
+        unknown = set(data) - {"image", "video"}
+        if unknown:
+            raise ValueError(f"unsupported multi_modal_data keys {sorted(unknown)}")
+        images, videos = _as_list(data.get("image")), _as_list(data.get("video"), video=True)
+        kwargs = prompt.get("mm_processor_kwargs")
         if "prompt_token_ids" in prompt:
-            return None, list(prompt["prompt_token_ids"]), images
-        if "prompt" in prompt:
-            return prompt["prompt"], None, images
+            return ParsedPrompt(None, list(prompt["prompt_token_ids"]), images, videos, kwargs)
+        return ParsedPrompt(prompt["prompt"], None, images, videos, kwargs)
     raise ValueError(
         "a prompt is a string, a list of token ids, or a dict with 'prompt' or "
-        "'prompt_token_ids' (and optionally 'multi_modal_data': {'image': ...})"
+        "'prompt_token_ids' (and optionally 'multi_modal_data': {'image': ..., 'video': ...})"
     )
+
+
+def _as_list(value, video: bool = False) -> list:
+    """One input or a list of them; a video given as a list of frames is one video (a list of
+    such lists or of arrays/paths is several)."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return [value]
+    if video and value and not isinstance(value[0], (list, str, np.ndarray)):
+        return [value] if _is_frame(value[0]) else value
+    return value
+
+
+def _is_frame(item) -> bool:
+    from PIL import Image
+
+    return isinstance(item, Image.Image)
 
 
 @dataclass(frozen=True)
@@ -53,7 +89,7 @@ class ProcessedPrompt:
     Made without engine state (``process_prompt``), so servers make it off the engine thread."""
 
     token_ids: list[int]
-    images: list[ProcessedImage]
+    images: list[ProcessedVision]  # images and videos, in prompt order
     image_spans: list[ImageSpan]
     mrope_positions: np.ndarray  # [3, len(token_ids)]
     rope_delta: int
@@ -64,25 +100,34 @@ def process_prompt(
     tokenizer: Tokenizer,
     model_config: ModelConfig,
     image_config: ImageProcessorConfig | None = None,
+    video_config: VideoProcessorConfig | None = None,
 ) -> ProcessedPrompt:
-    """Tokenize, check the ids, process the images and expand their placeholders (CPU only;
-    thread-safe)."""
-    text, token_ids, raw_images = parse_prompt(prompt)
+    """Tokenize, check the ids, process the images and videos and expand their placeholders
+    (CPU only; thread-safe)."""
+    parsed = parse_prompt(prompt)
+    token_ids = parsed.token_ids
     if token_ids is None:
-        token_ids = tokenizer.encode(text)
+        token_ids = tokenizer.encode(parsed.text)
     if not token_ids:
         raise ValueError("the prompt is empty")
     if any(t < 0 or t >= model_config.vocab_size for t in token_ids):
         raise ValueError(f"prompt token ids must lie in [0, {model_config.vocab_size})")
-    image_config = image_config or ImageProcessorConfig()
-    images = [process_image(im, image_config) for im in raw_images]
-    pad = model_config.image_token_id
-    token_ids = expand_image_placeholders(token_ids, images, pad)
-    merge = model_config.vision.spatial_merge_size
-    positions, rope_delta = mrope_positions(token_ids, [im.grid_thw for im in images], pad, merge)
-    return ProcessedPrompt(
-        token_ids, images, _image_spans(token_ids, images, pad), positions, rope_delta
+    image_config, video_config = apply_overrides(
+        image_config or ImageProcessorConfig(),
+        video_config or VideoProcessorConfig(),
+        parsed.mm_processor_kwargs,
     )
+    images = [process_image(im, image_config) for im in parsed.images]
+    videos = [process_video(v, video_config) for v in parsed.videos]
+    image_pad, video_pad = model_config.image_token_id, model_config.video_token_id
+    token_ids, ordered = expand_vision_placeholders(token_ids, images, videos, image_pad, video_pad)
+    pads = [video_pad if item.modality == "video" else image_pad for item in ordered]
+    merge = model_config.vision.spatial_merge_size
+    positions, rope_delta = mrope_positions(
+        token_ids, [item.grid_thw for item in ordered], pads, merge
+    )
+    spans = _vision_spans(token_ids, ordered, pads)
+    return ProcessedPrompt(token_ids, ordered, spans, positions, rope_delta)
 
 
 def build_request(
@@ -93,9 +138,10 @@ def build_request(
     model_config: ModelConfig,
     adapter: tuple[str, int] | None = None,
     image_config: ImageProcessorConfig | None = None,
+    video_config: VideoProcessorConfig | None = None,
 ) -> Request:
     if not isinstance(prompt, ProcessedPrompt):
-        prompt = process_prompt(prompt, tokenizer, model_config, image_config)
+        prompt = process_prompt(prompt, tokenizer, model_config, image_config, video_config)
     return Request(
         request_id=request_id,
         prompt_token_ids=list(prompt.token_ids),
@@ -110,11 +156,11 @@ def build_request(
     )
 
 
-def _image_spans(token_ids: list[int], images: list, pad: int) -> list[ImageSpan]:
+def _vision_spans(token_ids: list[int], items: list, pads: list[int]) -> list[ImageSpan]:
     spans, i = [], 0
-    for index, image in enumerate(images):
+    for index, (item, pad) in enumerate(zip(items, pads)):
         while token_ids[i] != pad:
             i += 1
-        spans.append(ImageSpan(i, image.num_tokens, image.content_hash, index))
-        i += image.num_tokens
+        spans.append(ImageSpan(i, item.num_tokens, item.content_hash, index))
+        i += item.num_tokens
     return spans

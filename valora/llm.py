@@ -106,6 +106,26 @@ class LLM:
             self.engine.add_request(ids[-1], prompt, p, adapter)
         return self._run(ids, use_tqdm)
 
+    def classify(
+        self,
+        prompts: PromptType | Sequence[PromptType],
+        adapter: str | Sequence[str],
+        use_tqdm: bool = True,
+    ) -> list[RequestOutput]:
+        """One prefill pass per prompt through ``adapter``'s task head (vLLM's ``classify``):
+        each output's ``classification`` holds ``label``, ``probs`` and ``labels``. ValueError
+        if an adapter has no task head."""
+        if isinstance(prompts, (str, dict)) or (
+            isinstance(prompts, list) and prompts and isinstance(prompts[0], int)
+        ):
+            prompts = [prompts]
+        ids = []
+        for prompt, name in zip(prompts, _per_prompt(adapter, len(prompts))):
+            ids.append(str(self._next_id))
+            self._next_id += 1
+            self.engine.add_request(ids[-1], prompt, adapter=name, classify=True)
+        return self._run(ids, use_tqdm)
+
     def chat(
         self,
         messages: list[dict] | list[list[dict]],
@@ -113,14 +133,19 @@ class LLM:
         images: list | None = None,
         use_tqdm: bool = True,
         lora: str | Sequence[str | None] | None = None,
+        videos: list | None = None,
     ) -> list[RequestOutput]:
-        """Applies the chat template; ``images`` (one list per conversation) fill its image
-        parts in order."""
+        """Applies the chat template; ``images`` and ``videos`` (one list per conversation) fill
+        its image and video parts in order."""
         conversations = [messages] if messages and isinstance(messages[0], dict) else messages
         images = images or [[] for _ in conversations]
+        videos = videos or [[] for _ in conversations]
         prompts = [
-            {"prompt": self.tokenizer.apply_chat_template(c), "multi_modal_data": {"image": im}}
-            for c, im in zip(conversations, images)
+            {
+                "prompt": self.tokenizer.apply_chat_template(c),
+                "multi_modal_data": {"image": im, "video": vid},
+            }
+            for c, im, vid in zip(conversations, images, videos)
         ]
         return self.generate(prompts, sampling_params, lora, use_tqdm=use_tqdm)
 

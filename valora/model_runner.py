@@ -22,7 +22,7 @@ from valora.layers.sampler import Sampler, SamplingBatch
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.orchestrator import StepRecord
 from valora.output_processor import SampledToken
-from valora.request import Request
+from valora.request import Classification, Request
 from valora.sampling_params import SamplingParams
 from valora.scheduler import SchedulerOutput
 
@@ -86,12 +86,25 @@ class ModelRunner:
         self._generators: dict[str, torch.Generator] = {}
 
     @torch.inference_mode()
-    def execute(self, sched: SchedulerOutput) -> dict[str, SampledToken]:
+    def execute(self, sched: SchedulerOutput) -> dict[str, SampledToken | Classification]:
+        """One step -> a sampled token per request whose every token is now computed, or, for a
+        classify request, its task head's ``Classification``."""
         batch = self.last_batch = self.prepare(sched)
-        logits = self.forward(batch)
-        if logits is None:
-            return {}
-        return self._sample(logits, batch.sample_requests)
+        out = self.forward(batch)
+        results = {} if out.logits is None else self._sample(out.logits, batch.sample_requests)
+        if out.head_hidden is not None:
+            results.update(self._classify(out.head_hidden, batch.head_requests))
+        return results
+
+    def _classify(self, hidden: torch.Tensor, requests: list[Request]) -> dict[str, Classification]:
+        """Each request's last prompt hidden state [hidden] through its adapter's task head."""
+        results = {}
+        for row, request in zip(hidden, requests):
+            head = self.lora.task_head((request.adapter_id, request.adapter_version))
+            probs = head(row[None])[0].tolist()
+            label = head.labels[max(range(len(probs)), key=probs.__getitem__)]
+            results[request.request_id] = Classification(label, probs, list(head.labels))
+        return results
 
     def execute_isolating(
         self, sched: SchedulerOutput
@@ -142,6 +155,7 @@ class ModelRunner:
         ids: list[int] = []
         positions = np.empty((3, num_tokens), dtype=np.int64)
         context_lens, image_rows, embeds, sample_rows, sample_requests = [], [], [], [], []
+        head_rows, head_requests = [], []
         row = 0
         for request, num in zip(sched.requests, sched.num_new_tokens):
             start, end = request.num_computed_tokens, request.num_computed_tokens + num
@@ -151,7 +165,10 @@ class ModelRunner:
             if start < request.num_prompt_tokens:
                 self._add_image_rows(request, start, end, row, image_rows, embeds)
             row += num
-            if end == request.num_tokens:
+            if end == request.num_tokens and request.classify:
+                head_rows.append(row - 1)
+                head_requests.append(request)
+            elif end == request.num_tokens:
                 sample_rows.append(row - 1)
                 sample_requests.append(request)
             if end >= request.num_prompt_tokens:
@@ -171,6 +188,8 @@ class ModelRunner:
             image_rows=image_rows,
             sample_rows=sample_rows,
             sample_requests=sample_requests,
+            head_rows=head_rows,
+            head_requests=head_requests,
             seq_slots=seq_slots,
             merged_slot=None if lora is None else lora.merged_slot,
         )

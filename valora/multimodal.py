@@ -42,13 +42,14 @@ class ImageProcessorConfig:
 
 
 @dataclass(frozen=True)
-class ProcessedImage:
-    """One image ready for the vision tower."""
+class ProcessedVision:
+    """One image or video ready for the vision tower (a video is t > 1 temporal patches)."""
 
     pixel_values: torch.Tensor  # [t * h * w, C * T * P * P] float32
     grid_thw: tuple[int, int, int]  # in patches
     content_hash: str  # of the pixels the model sees (prefix-cache key)
     merge_size: int = 2
+    modality: str = "image"  # "image" -> <|image_pad|> tokens, "video" -> <|video_pad|>
 
     @property
     def num_tokens(self) -> int:
@@ -145,7 +146,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def process_image(source, cfg: ImageProcessorConfig = ImageProcessorConfig()) -> ProcessedImage:
+def process_image(source, cfg: ImageProcessorConfig = ImageProcessorConfig()) -> ProcessedVision:
     image = load_image(source, cfg)
     height, width = smart_resize(
         image.height, image.width, cfg.factor, cfg.min_pixels, cfg.max_pixels
@@ -156,7 +157,7 @@ def process_image(source, cfg: ImageProcessorConfig = ImageProcessorConfig()) ->
     patches, grid_h, grid_w = _patchify(pixels.transpose(2, 0, 1), cfg)
     digest = hashlib.blake2b(patches.tobytes(), digest_size=16)
     digest.update(f"{grid_h}x{grid_w}".encode())
-    return ProcessedImage(
+    return ProcessedVision(
         pixel_values=torch.from_numpy(patches),
         grid_thw=(1, grid_h, grid_w),
         content_hash=digest.hexdigest(),
@@ -176,19 +177,38 @@ def _patchify(image: np.ndarray, cfg: ImageProcessorConfig):
 
 
 def expand_image_placeholders(
-    token_ids: list[int], images: list[ProcessedImage], image_token_id: int
+    token_ids: list[int], images: list[ProcessedVision], image_token_id: int
 ) -> list[int]:
     """Replace the i-th single ``<|image_pad|>`` with ``images[i].num_tokens`` copies."""
-    num_pads = sum(1 for t in token_ids if t == image_token_id)
-    if num_pads != len(images):
-        raise ValueError(
-            f"the prompt has {num_pads} <|image_pad|> placeholders but {len(images)} images"
-        )
+    return expand_vision_placeholders(token_ids, images, [], image_token_id, -1)[0]
+
+
+def expand_vision_placeholders(
+    token_ids: list[int],
+    images: list[ProcessedVision],
+    videos: list[ProcessedVision],
+    image_token_id: int,
+    video_token_id: int,
+) -> tuple[list[int], list[ProcessedVision]]:
+    """Replace the i-th single ``<|image_pad|>`` with ``images[i].num_tokens`` copies and the j-th
+    ``<|video_pad|>`` with ``videos[j].num_tokens`` copies -> (expanded ids, the images and
+    videos in prompt order)."""
+    _check_placeholder_count(token_ids, image_token_id, len(images), "<|image_pad|>", "images")
+    _check_placeholder_count(token_ids, video_token_id, len(videos), "<|video_pad|>", "videos")
+    pending = {image_token_id: iter(images), video_token_id: iter(videos)}
     expanded: list[int] = []
-    pending = iter(images)
+    ordered: list[ProcessedVision] = []
     for token in token_ids:
-        if token == image_token_id:
-            expanded.extend([image_token_id] * next(pending).num_tokens)
+        if token in pending:
+            item = next(pending[token])
+            ordered.append(item)
+            expanded.extend([token] * item.num_tokens)
         else:
             expanded.append(token)
-    return expanded
+    return expanded, ordered
+
+
+def _check_placeholder_count(token_ids, pad: int, count: int, pad_name: str, what: str) -> None:
+    num_pads = sum(1 for t in token_ids if t == pad)
+    if num_pads != count:
+        raise ValueError(f"the prompt has {num_pads} {pad_name} placeholders but {count} {what}")

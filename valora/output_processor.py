@@ -15,7 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from valora.request import CompletionOutput, Request, RequestOutput, RequestStatus
+from valora.request import (
+    Classification,
+    CompletionOutput,
+    Request,
+    RequestOutput,
+    RequestStatus,
+)
 from valora.sampling_params import RequestOutputKind
 from valora.tokenizer import IncrementalDetokenizer, Tokenizer
 
@@ -85,6 +91,14 @@ class OutputProcessor:
             track.num_sent_tokens = len(request.output_token_ids)
             track.num_sent_chars = end_char
         return _request_output(request, track.text[first_char:end_char], first_token)
+
+    def classification_output(self, request: Request, result: Classification) -> RequestOutput:
+        """The final output of a classify request (its state dropped): no tokens, the head's
+        answer in ``classification``."""
+        self._tracks.pop(request.request_id, None)
+        out = _request_output(request, "", 0)
+        out.classification = result
+        return out
 
     def discard(self, request: Request) -> None:
         """Forget a request that ends without an output (aborted)."""

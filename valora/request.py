@@ -45,12 +45,13 @@ class Request:
     sampling_params: SamplingParams
     adapter_id: str | None = None  # None: the base model
     adapter_version: int = 0
-    images: list[Any] = field(default_factory=list)  # ProcessedImage, in prompt order
+    images: list[Any] = field(default_factory=list)  # ProcessedVision, in prompt order
     image_spans: list[ImageSpan] = field(default_factory=list)
     mrope_positions: Any = None  # [3, len(prompt)] int64 array
     rope_delta: int = 0
     eos_token_ids: tuple[int, ...] = ()
     arrival_time: float = field(default_factory=time.monotonic)
+    classify: bool = False  # prefill only: the adapter's task head answers, no token is sampled
 
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
@@ -123,6 +124,19 @@ class CompletionOutput:
     stop_reason: int | str | None = None
 
 
+@dataclass(frozen=True)
+class Classification:
+    """A task head's answer for one prompt: class probabilities (label order) and the argmax."""
+
+    label: str
+    probs: list[float]
+    labels: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.probs)
+
+
 @dataclass
 class RequestOutput:
     """What the engine reports for a request after a step (vLLM's shape)."""
@@ -138,3 +152,4 @@ class RequestOutput:
     prompt: str | None = None
     num_output_tokens: int = 0  # generated so far (a DELTA output carries only the new ones)
     error: str | None = None  # set when the request failed inside a step (finished is True)
+    classification: Classification | None = None  # a classify request's answer

@@ -9,6 +9,12 @@ Two senders behind one interface, ``await sender(spec, clock) -> RequestResult``
 - ``EngineSender``: an in-process ``LLMEngine`` behind ``AsyncEngine`` (no HTTP): the same chat
   prompt, DELTA outputs.
 
+A request with a video clip carries it before its text: over HTTP as an mp4 data URL
+(``video_url``, sampled at the clip's own fps, so every frame is kept), in process as its
+decoded frames. A classify request (``spec.classify``: vat) goes to the adapter's task head:
+``POST /v1/classify`` (not streamed), or ``AsyncEngine.generate(..., classify=True)``; its
+result has no chunks, its ``label`` and ``end_s`` at the answer (``replay.classify``).
+
 Both also read the engine's step totals (``await sender.engine_stats()``: steps, step seconds
 and tokens per LoRA mode, switches; ``valora.engine_stats``), from ``GET /metrics`` or the engine;
 a run diffs the totals taken before and after it.
@@ -29,6 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from replay.classify import classify_body, take_classification, video_data_url
 from replay.metrics import RequestResult
 from replay.workload import RequestSpec
 
@@ -66,6 +73,8 @@ def _new_result(spec: RequestSpec, start: float) -> RequestResult:
         output_tokens=0,
         num_images=len(spec.image_paths),
         success=False,
+        classify=spec.classify,
+        video_frames=spec.video.frames if spec.video else 0,
     )
 
 
@@ -77,10 +86,12 @@ def image_data_url(path: str) -> str:
 
 
 def chat_messages(spec: RequestSpec) -> list[dict]:
-    """One user turn: the images first, then the text (Qwen2-VL's usual order)."""
+    """One user turn: the images and the video first, then the text (Qwen2-VL's usual order)."""
     parts = [
         {"type": "image_url", "image_url": {"url": image_data_url(p)}} for p in spec.image_paths
     ]
+    if spec.video is not None:
+        parts.append({"type": "video_url", "video_url": {"url": video_data_url(spec.video.path)}})
     parts.append({"type": "text", "text": spec.prompt})
     return [{"role": "user", "content": parts}]
 
@@ -138,25 +149,32 @@ class HttpSender:
     async def __call__(self, spec: RequestSpec, start: float) -> RequestResult:
         result = _new_result(spec, start)
         try:
-            async with self.client.stream(
-                "POST", f"{self.server}/v1/chat/completions", json=self.body(spec)
-            ) as response:
-                if response.status_code != 200:
-                    detail = (await response.aread()).decode(errors="replace")
-                    raise RuntimeError(f"HTTP {response.status_code}: {detail[:300]}")
-                done = False
-                async for line in response.aiter_lines():
-                    if _take_event(line, result, start):
-                        done = True
-                        break
-            if not done:
-                raise RuntimeError("the stream ended without [DONE]")
+            await (self._classify if spec.classify else self._stream)(spec, result, start)
             result.end_s = time.perf_counter() - start
             result.success = True
         except Exception as e:  # noqa: BLE001 (recorded: a failed request is a result)
             result.error = f"{type(e).__name__}: {e}"
         _fill_chunkless(result)
         return result
+
+    async def _stream(self, spec: RequestSpec, result: RequestResult, start: float) -> None:
+        async with self.client.stream(
+            "POST", f"{self.server}/v1/chat/completions", json=self.body(spec)
+        ) as response:
+            if response.status_code != 200:
+                detail = (await response.aread()).decode(errors="replace")
+                raise RuntimeError(f"HTTP {response.status_code}: {detail[:300]}")
+            async for line in response.aiter_lines():
+                if _take_event(line, result, start):
+                    return
+        raise RuntimeError("the stream ended without [DONE]")
+
+    async def _classify(self, spec: RequestSpec, result: RequestResult, start: float) -> None:
+        body = classify_body(spec, chat_messages(spec))
+        response = await self.client.post(f"{self.server}/v1/classify", json=body)
+        if response.status_code != 200:
+            raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+        take_classification(result, response.json())
 
 
 def stats_from_prometheus(text: str) -> dict:
@@ -209,7 +227,9 @@ def _take_event(line: str, result: RequestResult, start: float) -> bool:
 
 def _fill_chunkless(result: RequestResult) -> None:
     """A finished request whose tokens decoded to no text (one special token, say) still has
-    its first token at the end; without usage, count the chunks."""
+    its first token at the end; without usage, count the chunks. A classify request has none."""
+    if result.classify:
+        return
     if result.success and not result.chunk_s and result.end_s is not None:
         result.chunk_s.append(result.end_s)
     if result.success and not result.output_tokens:
@@ -217,14 +237,21 @@ def _fill_chunkless(result: RequestResult) -> None:
 
 
 def engine_prompt(tokenizer, spec: RequestSpec) -> dict:
-    """The engine's prompt for a request: the chat template over its images and text."""
+    """The engine's prompt for a request: the chat template over its images, video and text
+    (the clip decoded here: every frame, no fps sampling)."""
     from PIL import Image
 
+    from replay.clips import read_clip
+
     parts = [{"type": "image"} for _ in spec.image_paths]
+    parts += [{"type": "video"}] if spec.video is not None else []
     parts.append({"type": "text", "text": spec.prompt})
     text = tokenizer.apply_chat_template([{"role": "user", "content": parts}])
     images = [Image.open(p).convert("RGB") for p in spec.image_paths]
-    return {"prompt": text, "multi_modal_data": {"image": images}}
+    data = {"image": images}
+    if spec.video is not None:
+        data["video"] = [read_clip(spec.video.path)]
+    return {"prompt": text, "multi_modal_data": data}
 
 
 class EngineSender:
@@ -251,15 +278,21 @@ class EngineSender:
 
         params = SamplingParams(
             temperature=0.0,
-            max_tokens=spec.max_tokens,
+            max_tokens=max(1, spec.max_tokens),  # a classify request's are ignored
             ignore_eos=True,
             output_kind=RequestOutputKind.DELTA,
         )
         result = _new_result(spec, start)
         try:
             prompt = await asyncio.to_thread(self.prompt, spec)
-            stream = self.async_engine.generate(spec.request_id, prompt, params, spec.adapter)
+            stream = self.async_engine.generate(
+                spec.request_id, prompt, params, spec.adapter, classify=spec.classify
+            )
             async for out in stream:
+                if out.error:
+                    raise RuntimeError(out.error)
+                if out.classification is not None:
+                    result.label = out.classification.label
                 if out.outputs and out.outputs[0].token_ids:
                     result.chunk_s.append(time.perf_counter() - start)
                     result.output_tokens += len(out.outputs[0].token_ids)

@@ -20,6 +20,11 @@ here ``prompt_tokens`` comes from the server's usage and already counts the imag
 placed, so nothing is added unless ``image_tokens`` is given (then ``image_tokens * num_images``
 per request, VaLoRA's exact convention).
 
+Classify requests (a task head answers in one prefill, ``classify``): no chunks and no output
+tokens, so no TTFT / TPOT / ITL; their latency is E2EL (send -> the answer), which also stands
+in for TTFT in the SLO attainment and goodput. ``summary["tasks"]`` has each task's own
+throughput and latency distribution (``replay.task_metrics``).
+
 Times in a ``RequestResult`` are seconds from the start of the replay, on the client's clock.
 """
 
@@ -31,6 +36,11 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+
+from replay.stats import distribution as _distribution
+from replay.stats import percentile_word as _percentile_word
+from replay.stats import rate as _rate
+from replay.task_metrics import answer_s, task_lines, task_summaries
 
 SLO_NAMES = ("ttft", "tpot", "e2el")
 # Sections of the printed table: (metric key, label, header), vLLM's order.
@@ -56,6 +66,9 @@ class RequestResult:
     num_images: int
     success: bool
     error: str = ""
+    classify: bool = False  # a task-head request: no output tokens, no chunks (no TTFT / TPOT)
+    label: str | None = None  # a classify request's answer
+    video_frames: int = 0  # frames of the request's video clip (0: none)
 
     @property
     def ttft(self) -> float | None:
@@ -87,30 +100,11 @@ class RequestResult:
         return cls(**{f.name: record[f.name] for f in fields(cls) if f.name in record})
 
 
-def _percentile_word(p: float) -> str:
-    return str(int(p)) if int(p) == p else str(p)
-
-
-def _distribution(name: str, values_s: Sequence[float], percentiles: Iterable[float]) -> dict:
-    """``mean_/median_/std_/pXX_{name}_ms``; all None for an empty set."""
-    keys = [f"mean_{name}_ms", f"median_{name}_ms", f"std_{name}_ms"]
-    keys += [f"p{_percentile_word(p)}_{name}_ms" for p in percentiles]
-    if not values_s:
-        return dict.fromkeys(keys)
-    ms = np.asarray(values_s, dtype=np.float64) * 1000.0
-    stats = [ms.mean(), np.median(ms), ms.std()]
-    stats += [np.percentile(ms, p) for p in percentiles]
-    return {key: float(value) for key, value in zip(keys, stats)}
-
-
-def _rate(count: float, duration_s: float) -> float | None:
-    return count / duration_s if duration_s > 0 else None
-
-
 def _meets_slos(result: RequestResult, slos_ms: dict[str, float]) -> bool:
-    """vLLM's goodput test. A request without chunks has no TTFT, so it cannot meet a TTFT SLO."""
+    """vLLM's goodput test. A request without chunks has no TTFT, so it cannot meet a TTFT SLO
+    (a classify request's answer stands in for its first token)."""
     tpot = 0.0 if result.output_tokens <= 1 else result.tpot
-    observed_s = {"ttft": result.ttft, "tpot": tpot, "e2el": result.e2e}
+    observed_s = {"ttft": answer_s(result), "tpot": tpot, "e2el": result.e2e}
     for name, bound_ms in slos_ms.items():
         value_s = observed_s[name]
         if value_s is None or value_s > bound_ms / 1000.0:
@@ -121,8 +115,8 @@ def _meets_slos(result: RequestResult, slos_ms: dict[str, float]) -> bool:
 def _slo_attainment(results: Sequence[RequestResult], slo_ttft_s: float) -> float | None:
     if not results:
         return None
-    met = [r.success and r.ttft is not None and r.ttft <= slo_ttft_s for r in results]
-    return sum(met) / len(results)
+    answers = [answer_s(r) if r.success else None for r in results]
+    return sum(a is not None and a <= slo_ttft_s for a in answers) / len(results)
 
 
 def _latency_per_token(completed: list[RequestResult], image_tokens: int | None) -> float | None:
@@ -203,6 +197,7 @@ def summarize(
     summary["image_tokens"] = image_tokens
     if len({r.task for r in results}) > 1:
         summary["by_task"] = _by_task(results, image_tokens)
+    summary["tasks"] = task_summaries(results, duration_s, percentiles)
     return summary
 
 
@@ -258,6 +253,7 @@ def format_summary(summary: dict, title: str = "Serving Benchmark Result") -> st
     for key, label, header in _SECTIONS:
         lines += _section_lines(summary, key, label, header)
     lines += _valora_lines(summary)
+    lines += task_lines(summary.get("tasks") or {})
     lines.append("=" * 50)
     return "\n".join(line.rstrip() for line in lines)
 

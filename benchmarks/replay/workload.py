@@ -4,8 +4,10 @@ Tasks (VaLoRA's two application classes):
 
 - `vqa` (visual retrieval): a dataset sample's prompt and its one image; the output length is
   the sample's caption length in words, capped at `max_output_tokens` (VaLoRA: 120).
-- `vat` (video analytics): a short instruction and `vat_images` frames (VaLoRA: 6), one output
-  token (VaLoRA emulates its vision task head that way).
+- `vat` / `vat_images` (video analytics as VaLoRA emulated it): a short instruction and
+  `vat_images` still frames (VaLoRA: 6), one output token standing in for its vision task head.
+  `run_exp.py --task vat_images` replays this; `run_exp.py --task vat` is the real thing (video
+  clips classified by the adapters' task heads, mixed with vqa: `replay.vat`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from replay.clips import ClipInfo
 from replay.datasets import Sample
 from replay.traces import interarrival_cv
 
@@ -27,11 +30,13 @@ class RequestSpec:
     request_id: str
     arrival_s: float  # seconds after the replay's start
     adapter: str | None  # adapter name (`lora{i}` by default); None = the base model
-    task: str  # "vqa" | "vat"
+    task: str  # "vqa" | "vat" | "vat_images"
     prompt: str
     image_paths: tuple[str, ...]
-    max_tokens: int
+    max_tokens: int  # 0 for a classify request (no decode)
     prompt_words: int
+    video: ClipInfo | None = None  # one video clip, placed before the text
+    classify: bool = False  # answered by the adapter's task head (one prefill, no tokens)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ def _cycled(task_input: _TaskInput, count: int) -> tuple[str, ...]:
 TASKS: dict[str, Callable[[_TaskInput], tuple[str, tuple[str, ...], int]]] = {
     "vqa": _vqa,
     "vat": _vat,
+    "vat_images": _vat,
 }
 
 
@@ -124,18 +130,21 @@ def _adapter_name(index: int, adapter_names: Sequence[str] | None) -> str | None
 
 def workload_stats(specs: Sequence[RequestSpec]) -> dict:
     """Summary for the log: count, span, mean rate (1 / mean inter-arrival), inter-arrival CV,
-    each adapter's share of the requests (the base model as "base"), mean max_tokens and images."""
+    each adapter's share of the requests (the base model as "base"), each task's share, mean
+    max_tokens and images."""
     if not specs:
         return {"count": 0}
     times = np.array([s.arrival_s for s in specs])
     duration_s = float(times.max() - times.min())
     shares = Counter(s.adapter or "base" for s in specs)
+    tasks = Counter(s.task for s in specs)
     return {
         "count": len(specs),
         "duration_s": duration_s,
         "mean_rate": (len(specs) - 1) / duration_s if duration_s > 0 else float("nan"),
         "interarrival_cv": interarrival_cv(times),
         "adapter_share": {name: n / len(specs) for name, n in shares.most_common()},
+        "task_share": {name: n / len(specs) for name, n in tasks.most_common()},
         "mean_max_tokens": float(np.mean([s.max_tokens for s in specs])),
         "mean_images": float(np.mean([len(s.image_paths) for s in specs])),
     }

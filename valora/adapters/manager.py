@@ -17,6 +17,7 @@ from valora.adapters.pool import AdapterKey, AdapterPool
 from valora.adapters.registry import AdapterRegistry
 from valora.adapters.runtime import LoRARuntime, attach_lora
 from valora.adapters.targets import model_targets
+from valora.adapters.task_head import load_task_head, random_task_head
 from valora.config import LoRAConfig, ModelConfig, triton_interpreter_enabled
 from valora.request import Request
 
@@ -39,6 +40,7 @@ class LoRAManager:
         self.config = config
         self.model_config: ModelConfig = model.cfg
         self.dtype = dtype
+        self.device = device
         targets = lora_targets(model.cfg, config)
         rows = config.max_loras * config.max_lora_rank
         self.pool = AdapterPool(targets, rows, config.max_lora_rank, dtype, device)
@@ -62,14 +64,28 @@ class LoRAManager:
         source = lambda: self._keep_towers(  # noqa: E731
             load_peft_adapter(path, name, cfg, rank, dtype, allow_pickle=pickle, root=root)
         )
-        return self.registry.register(name, source, str(path))
+        head = load_task_head(path, cfg.hidden_size, root=root)  # None: the adapter has none
+        return self.registry.register(name, source, str(path), self._on_device(head))
 
-    def add_dummy(self, name: str, rank: int, seed: int) -> int:
+    def add_dummy(self, name: str, rank: int, seed: int, num_classes: int = 0) -> int:
+        """A random adapter; ``num_classes`` > 0 gives it a random task head of that many
+        classes (labels ``class_0`` ...), as VaLoRA's Linear(hidden, 2048) -> Linear(2048, n)."""
         if rank > self.config.max_lora_rank:
             raise ValueError(f"rank {rank} exceeds max_lora_rank {self.config.max_lora_rank}")
         cfg, dtype, towers = self.model_config, self.dtype, self.config.towers
         source = lambda: dummy_adapter(name, cfg, rank, seed, dtype, towers)  # noqa: E731
-        return self.registry.register(name, source, f"dummy rank {rank} seed {seed}")
+        head = random_task_head(cfg.hidden_size, num_classes, seed) if num_classes else None
+        description = f"dummy rank {rank} seed {seed}"
+        return self.registry.register(name, source, description, self._on_device(head))
+
+    def task_head(self, key: AdapterKey):
+        """The task head of an adapter version (``valora.adapters.task_head.TaskHead``), or
+        None."""
+        entry = self.registry.entries.get(key)
+        return None if entry is None else entry.task_head
+
+    def _on_device(self, head):
+        return None if head is None else head.to(self.device)
 
     def remove_adapter(self, name: str) -> None:
         key = self.registry.unregister(name)

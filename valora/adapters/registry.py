@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from valora.adapters.types import AdapterUnavailable, LoRAAdapter
 
@@ -30,6 +31,7 @@ class AdapterEntry:
     description: str  # the path, or "dummy rank R seed S"
     content_hash: str  # of what was validated at load; a re-read must match it
     refs: int = 0  # unfinished requests of this version
+    task_head: Any = None  # the version's task head module (on the device), if it has one
 
 
 class AdapterRegistry:
@@ -47,7 +49,13 @@ class AdapterRegistry:
         self._next_version: dict[str, int] = {}
         self.host_loads = 0
 
-    def register(self, name: str, source: Callable[[], LoRAAdapter], description: str) -> int:
+    def register(
+        self,
+        name: str,
+        source: Callable[[], LoRAAdapter],
+        description: str,
+        task_head: Any = None,
+    ) -> int:
         """Load (and so validate) the adapter now; returns its new version."""
         adapter = source()  # raises on a bad adapter: nothing is registered then
         version = self._next_version.get(name, 0) + 1
@@ -56,7 +64,7 @@ class AdapterRegistry:
         old = self.latest.get(name)
         self.latest[name] = version
         self.entries[key] = AdapterEntry(
-            key, adapter.rank, source, description, adapter.content_hash
+            key, adapter.rank, source, description, adapter.content_hash, task_head=task_head
         )
         self._cache(key, adapter)
         if old is not None:

@@ -27,6 +27,7 @@ from valora.layers.paged_attention import KVCache, TorchPagedAttention
 from valora.model_runner import ModelRunner
 from valora.orchestrator import make_policy
 from valora.output_processor import OutputProcessor
+from valora.processor_config import load_processor_configs
 from valora.scheduler import OpenGate, Scheduler
 from valora.tokenizer import Tokenizer
 
@@ -40,6 +41,9 @@ def build_engine(config: EngineConfig) -> LLMEngine:
     dtype = TORCH_DTYPES[config.dtype]
     model = load_weights(plan, dtype, config.device, config.seed)
     tokenizer = Tokenizer.load(None if plan.is_dummy else config.model)
+    processors = load_processor_configs(
+        None if plan.is_dummy else config.model, config.processor_overrides
+    )
     sched_cfg = config.scheduler
     policy = make_policy(sched_cfg.policy, **dict(sched_cfg.policy_options))
     lora = _lora_manager(config, plan, model, policy, dtype)  # before the KV cache: GPU memory
@@ -78,6 +82,7 @@ def build_engine(config: EngineConfig) -> LLMEngine:
         scheduler,
         runner,
         OutputProcessor(tokenizer, max_len),
+        *processors,
     )
     return LLMEngine(parts)
 

@@ -23,12 +23,14 @@ from valora.engine.stats import EngineSnapshot, EngineStats, take_snapshot
 from valora.engine.weights_plan import WeightsPlan
 from valora.inputs import ProcessedPrompt, PromptType, build_request, process_prompt
 from valora.model_runner import ModelRunner
+from valora.multimodal import ImageProcessorConfig
 from valora.orchestrator.base import AdapterKey, Plan, Policy
 from valora.output_processor import OutputProcessor, SampledToken
-from valora.request import Request, RequestOutput, RequestStatus
+from valora.request import Classification, Request, RequestOutput, RequestStatus
 from valora.sampling_params import SamplingParams
 from valora.scheduler import Scheduler, SchedulerOutput
 from valora.tokenizer import Tokenizer
+from valora.video import VideoProcessorConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,8 @@ class EngineParts:
     scheduler: Scheduler
     runner: ModelRunner
     outputs: OutputProcessor
+    image_config: ImageProcessorConfig  # the checkpoint's processor settings + overrides
+    video_config: VideoProcessorConfig
 
 
 class LLMEngine:
@@ -72,6 +76,8 @@ class LLMEngine:
         self.scheduler = parts.scheduler
         self.runner = parts.runner
         self.outputs = parts.outputs
+        self.image_config = parts.image_config
+        self.video_config = parts.video_config
         self._requests: dict[str, Request] = {}  # unfinished requests by id
         self.stats = EngineStats()
 
@@ -104,9 +110,17 @@ class LLMEngine:
         ``root``, every file must resolve to a path under it."""
         return self._lora_or_error().add_adapter(name, path, root)
 
-    def load_dummy_adapter(self, name: str, rank: int, seed: int) -> int:
-        """A random adapter of ``rank`` on every target (benchmarks, tests, the demo)."""
-        return self._lora_or_error().add_dummy(name, rank, seed)
+    def load_dummy_adapter(self, name: str, rank: int, seed: int, num_classes: int = 0) -> int:
+        """A random adapter of ``rank`` on every target (benchmarks, tests, the demo), with a
+        random task head of ``num_classes`` classes when > 0."""
+        return self._lora_or_error().add_dummy(name, rank, seed, num_classes)
+
+    def task_labels(self, name: str) -> list[str] | None:
+        """The labels of adapter ``name``'s task head (newest version), or None without one."""
+        if not self.has_adapter(name):
+            raise KeyError(f"adapter {name!r} is not loaded")
+        head = self.lora.task_head(self.lora.resolve(name))
+        return None if head is None else list(head.labels)
 
     def unload_adapter(self, name: str) -> None:
         """New requests can no longer name it; requests already using it finish on it."""
@@ -122,9 +136,12 @@ class LLMEngine:
 
     # ---- requests -------------------------------------------------------------------------
     def process_prompt(self, prompt: PromptType) -> ProcessedPrompt:
-        """Tokenize and process the images of ``prompt`` (no engine state: thread-safe, so a
-        server runs it off the engine thread and hands the result to ``add_request``)."""
-        return process_prompt(prompt, self.tokenizer, self.model_config)
+        """Tokenize and process the images and videos of ``prompt`` (no engine state:
+        thread-safe, so a server runs it off the engine thread and hands the result to
+        ``add_request``)."""
+        return process_prompt(
+            prompt, self.tokenizer, self.model_config, self.image_config, self.video_config
+        )
 
     def add_request(
         self,
@@ -132,8 +149,11 @@ class LLMEngine:
         prompt: PromptType | ProcessedPrompt,
         params: SamplingParams | None = None,
         adapter: str | None = None,
+        classify: bool = False,
     ) -> Request:
         """``adapter`` names a loaded adapter (its newest version); None: the base model.
+        ``classify``: the adapter's task head answers in one prefill pass (no token is sampled;
+        ``params`` is ignored; the output carries a ``Classification``).
         Everything a step will use is checked here (ValueError), so a bad request is refused
         before it can reach a step: the prompt fits the context and the KV cache, ``max_tokens``
         None becomes the context left after the prompt (as vLLM), and the adapter's host copy
@@ -142,7 +162,13 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use")
         params = params or SamplingParams()
         key = self._resolve_adapter(adapter)
+        if classify:
+            self._check_task_head(adapter, key)
+            params = SamplingParams(temperature=0.0, max_tokens=1)
+        if not isinstance(prompt, ProcessedPrompt):
+            prompt = self.process_prompt(prompt)
         request = build_request(request_id, prompt, params, self.tokenizer, self.model_config, key)
+        request.classify = classify
         max_len = self.scheduler.config.max_model_len
         capacity = self.block_manager.num_blocks * self.block_manager.block_size
         if request.num_prompt_tokens >= min(max_len, capacity):
@@ -165,6 +191,12 @@ class LLMEngine:
         if key is not None:
             self.lora.registry.ref(key)
         return request
+
+    def _check_task_head(self, name: str | None, key: AdapterKey | None) -> None:
+        if key is None:
+            raise ValueError("classification needs an adapter with a task head (model=<adapter>)")
+        if self.lora.task_head(key) is None:
+            raise ValueError(f"adapter {name!r} has no task head: it can only generate")
 
     def _resolve_adapter(self, name: str | None) -> tuple[str, int] | None:
         if name is None:
@@ -226,7 +258,11 @@ class LLMEngine:
         ready = self.scheduler.update(sched.without([r for r, _ in failed]))
         for request in ready:
             try:
-                out = self._append(request, sampled[request.request_id])
+                result = sampled[request.request_id]
+                if isinstance(result, Classification):
+                    out = self._classified(request, result)
+                else:
+                    out = self._append(request, result)
             except Exception as exc:  # detokenizing or a stop rule: this request alone
                 out = self._fail(request, exc)
             if out is not None:
@@ -277,6 +313,13 @@ class LLMEngine:
         if status is not None:
             self._finish(request, status)
         return self.outputs.output(request)
+
+    def _classified(self, request: Request, result: Classification) -> RequestOutput:
+        """A classify request is done after its prefill: blocks freed now (the prefix cache
+        keeps the full ones), the head's answer as its output."""
+        request.first_token_time = time.monotonic()
+        self._finish(request, RequestStatus.FINISHED_STOPPED, flush=False)
+        return self.outputs.classification_output(request, result)
 
     def _fail(self, request: Request, exc: Exception) -> RequestOutput:
         """End one request whose step raised: its blocks and pins freed, an error output."""

@@ -142,11 +142,13 @@ class Qwen2VLForConditionalGeneration(nn.Module):
         image_embeds: torch.Tensor | None,
         image_rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with rows ``image_rows`` (default: every ``<|image_pad|>`` row)
-        replaced, in order, by ``image_embeds`` [len(image_rows), hidden]."""
+        """Token embeddings with rows ``image_rows`` (default: every ``<|image_pad|>`` and
+        ``<|video_pad|>`` row) replaced, in order, by ``image_embeds`` [len(image_rows), hidden]
+        (the embeddings of the prompt's images and videos in prompt order)."""
         x = self.model.embed_tokens(input_ids)
         if image_rows is None:
-            image_rows = (input_ids == self.cfg.image_token_id).nonzero().squeeze(1)
+            pads = (input_ids == self.cfg.image_token_id) | (input_ids == self.cfg.video_token_id)
+            image_rows = pads.nonzero().squeeze(1)
         num_embeds = 0 if image_embeds is None else image_embeds.shape[0]
         if image_rows.numel() != num_embeds:
             raise ValueError(f"{image_rows.numel()} image rows but {num_embeds} image embeddings")

@@ -9,8 +9,6 @@ disconnects aborts its request, which frees its KV blocks and adapter pin.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -25,13 +23,14 @@ import valora
 from valora.engine import LLMEngine
 from valora.sampling_params import RequestOutputKind
 from valora.server.async_engine import AsyncEngine, EngineDead, EngineFailed
+from valora.server.classify import add_classify_routes
 from valora.server.errors import (
     BodyLimit,
-    ModelNotFound,
     error,
     install_error_handlers,
     key_check,
 )
+from valora.server.lifecycle import adapter_for, last_output, until_done
 from valora.server.media import MediaPolicy
 from valora.server.metrics import ServerMetrics
 from valora.server.prompts import chat_prompt, completion_prompt
@@ -87,6 +86,7 @@ def build_app(engine: LLMEngine, config: ServerConfig) -> FastAPI:
     _add_info_routes(app, engine, runner, config, metrics)
     _add_adapter_routes(app, engine, runner, config)
     _add_generation_routes(app, engine, runner, config)
+    add_classify_routes(app, engine, runner, config)
     return app
 
 
@@ -185,27 +185,19 @@ def _add_adapter_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> 
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
 
 
-def _adapter_for(engine: LLMEngine, config: ServerConfig, model: str) -> str | None:
-    if model in (config.served_model_name, config.model_root):
-        return None
-    if engine.has_adapter(model):
-        return model
-    raise ModelNotFound(f"the model {model!r} does not exist")
-
-
 def _add_generation_routes(app, engine: LLMEngine, runner: AsyncEngine, config) -> None:
     tokenizer = engine.tokenizer
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):
-        adapter = _adapter_for(engine, config, body.model)
-        prompt = await chat_prompt(body, tokenizer, config.media)
+        adapter = adapter_for(engine, config, body.model)
+        prompt = await chat_prompt(body.messages, engine, config.media, body.mm_processor_kwargs)
         params = body.sampling_params(body.requested_max_tokens(), body.requested_logprobs())
         return await _generate(request, runner, "chat", body, prompt, params, adapter, tokenizer)
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        adapter = _adapter_for(engine, config, body.model)
+        adapter = adapter_for(engine, config, body.model)
         prompt = completion_prompt(body)
         params = body.sampling_params(
             body.max_tokens if body.max_tokens is not None else 16, body.logprobs
@@ -227,40 +219,14 @@ async def _generate(request, runner, kind, body, prompt, params, adapter, tokeni
             _stream(builder, first, outputs, usage), media_type="text/event-stream"
         )
     params = replace(params, output_kind=RequestOutputKind.FINAL_ONLY)
-    final = await _until_done(request, runner.generate(request_id, prompt, params, adapter))
+    outputs = runner.generate(request_id, prompt, params, adapter)
+    final = await until_done(request, last_output(outputs))
     if final is None:  # the client went away; nothing to answer
         return Response(status_code=499)
     if kind == "chat":
         return chat_response(final, body.model, request_id, tokenizer)
     echo = tokenizer.decode(final.prompt_token_ids) if getattr(body, "echo", False) else ""
     return completion_response(final, body.model, request_id, tokenizer, echo)
-
-
-async def _until_done(request: Request, outputs):
-    """The final output, or None if the client disconnected first (the request is aborted: the
-    cancelled iteration runs ``generate``'s cleanup)."""
-
-    async def collect():
-        last = None
-        async for out in outputs:
-            last = out
-        return last
-
-    async def disconnected():  # the body is read: the next message is the disconnect
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    task, listener = asyncio.ensure_future(collect()), asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, listener}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        listener.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    return None
 
 
 async def _stream(builder: ChunkBuilder, first, outputs, include_usage: bool):

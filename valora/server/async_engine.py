@@ -121,11 +121,12 @@ class AsyncEngine:
         return await asyncio.wrap_future(future)
 
     async def generate(
-        self, request_id: str, prompt, params, adapter: str | None
+        self, request_id: str, prompt, params, adapter: str | None, classify: bool = False
     ) -> AsyncIterator[RequestOutput]:
-        """Outputs of one request as the engine produces them (per ``params.output_kind``).
-        Raises ``EngineOverloaded`` / ``EngineDead`` before adding, ValueError for a bad
-        request, ``EngineFailed`` if the request fails in a step."""
+        """Outputs of one request as the engine produces them (per ``params.output_kind``;
+        ``classify``: one final output with the task head's answer). Raises
+        ``EngineOverloaded`` / ``EngineDead`` before adding, ValueError for a bad request,
+        ``EngineFailed`` if the request fails in a step."""
         self._check_alive()
         if self._draining:
             raise EngineOverloaded("the server is shutting down")
@@ -138,7 +139,7 @@ class AsyncEngine:
         try:
             # tokenizing and image processing run in a worker thread, beside the engine's steps
             processed = await asyncio.to_thread(self.engine.process_prompt, prompt)
-            await self.call(self._add, request_id, processed, params, adapter)
+            await self.call(self._add, request_id, processed, params, adapter, classify)
             while not finished:
                 out = await outputs.get()
                 if isinstance(out, Exception):  # the cleanup still aborts it: an error sent
@@ -152,11 +153,11 @@ class AsyncEngine:
                 self.submit(self.engine.abort, request_id)
 
     # ---- the engine thread ----------------------------------------------------------------
-    def _add(self, request_id: str, prompt, params, adapter: str | None) -> None:
+    def _add(self, request_id: str, prompt, params, adapter: str | None, classify: bool) -> None:
         """Add, refusing a ``max_tokens`` that cannot fit beside the prompt (as vLLM's API does;
         the offline engine would stop at the context length instead)."""
-        max_tokens = params.max_tokens
-        request = self.engine.add_request(request_id, prompt, params, adapter)
+        max_tokens = None if classify else params.max_tokens
+        request = self.engine.add_request(request_id, prompt, params, adapter, classify)
         max_len = self.engine.max_model_len
         if max_tokens is not None and request.num_prompt_tokens + max_tokens > max_len:
             self.engine.abort(request_id)

@@ -50,6 +50,12 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
     add_cli_args(LoRAConfig, lora)
     lora.add_argument("--num-adapter", type=int, default=0, help="dummy adapters lora0..loraN-1")
     lora.add_argument("--dummy-ranks", type=int, nargs="+", default=[8, 16, 32, 64])
+    lora.add_argument(
+        "--dummy-task-classes",
+        type=int,
+        default=0,
+        help="give every dummy adapter a random task head of this many classes (/classify)",
+    )
     lora.add_argument("--lora-modules", nargs="*", default=[], metavar="NAME=PATH")
     lora.add_argument("--enable-lora", action="store_true", help="LoRA on even with no adapter yet")
     lora.add_argument("--lora-root", help="runtime adapter loads only from under this directory")
@@ -57,9 +63,23 @@ def add_lora_args(p: argparse.ArgumentParser) -> None:
 
 def add_request_args(p: argparse.ArgumentParser) -> None:
     """Per-request limits: media, pending requests, body size, docs, shutdown."""
-    p.add_argument("--allowed-local-media-path", help="image files allowed from under here")
-    p.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) images")
+    p.add_argument("--allowed-local-media-path", help="media files allowed from under here")
+    p.add_argument(
+        "--allow-remote-media", action="store_true", help="fetch http(s) images and videos"
+    )
     p.add_argument("--max-images-per-request", type=int, default=8)
+    p.add_argument("--max-videos-per-request", type=int, default=2)
+    p.add_argument("--max-video-bytes", type=int, default=64 << 20, help="encoded video size")
+    p.add_argument("--max-video-duration-s", type=float, default=600.0)
+    p.add_argument(
+        "--max-video-frame-pixels",
+        type=int,
+        default=1920 * 1088,
+        help="videos whose stream header says larger frames are refused before decoding",
+    )
+    p.add_argument(
+        "--max-video-frames", type=int, default=128, help="frames kept per video after sampling"
+    )
     p.add_argument(
         "--max-image-pixels",
         type=int,
@@ -126,7 +146,9 @@ def build_server(args: argparse.Namespace):
     for name, path in modules.items():
         engine.load_adapter(name, path)
     for i, rank in enumerate(dummy_ranks(args.num_adapter, args.dummy_ranks)):
-        engine.load_dummy_adapter(f"lora{i}", rank, seed=config.seed + 1 + i)
+        engine.load_dummy_adapter(
+            f"lora{i}", rank, seed=config.seed + 1 + i, num_classes=args.dummy_task_classes
+        )
     if args.warmup == "on" or (args.warmup == "auto" and engine.config.on_gpu):
         from valora.engine.warmup import warmup
 
@@ -142,6 +164,11 @@ def build_server(args: argparse.Namespace):
         args.allow_remote_media,
         max_image_pixels=args.max_image_pixels,
         max_images_per_request=args.max_images_per_request,
+        max_videos_per_request=args.max_videos_per_request,
+        max_video_bytes=args.max_video_bytes,
+        max_video_duration_s=args.max_video_duration_s,
+        max_video_frame_pixels=args.max_video_frame_pixels,
+        max_video_frames=args.max_video_frames,
     )
     server_config = ServerConfig(
         name,

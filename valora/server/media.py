@@ -1,22 +1,26 @@
-"""``image_url`` parts -> decoded images, under the server's media policy.
+"""``image_url`` / ``video_url`` parts -> decoded images and video frames, under the server's
+media policy.
 
-Accepted: ``data:image/...;base64,`` URLs; local files (``file://`` or a plain path) only under
-``allowed_local_media_path`` (resolved, so ``..`` and symlinks cannot leave it); http(s) only when
-``allow_remote_media`` is on, fetched with a timeout and a size cap. Everything else, and any
-image that does not decode, raises ``ValueError`` (-> 400). Byte size and the header's pixel
-count are checked before any pixel is decoded.
+Accepted: ``data:image/...;base64,`` / ``data:video/...;base64,`` URLs; local files (``file://``
+or a plain path) only under ``allowed_local_media_path`` (resolved, so ``..`` and symlinks cannot
+leave it); http(s) only when ``allow_remote_media`` is on, fetched with a timeout and a size cap.
+Everything else, and any image or video that does not decode, raises ``ValueError`` (-> 400).
+Byte size and the header's pixel count (a video's duration, frame size and sampled frame count
+too) are checked before any pixel is decoded.
 """
 
 from __future__ import annotations
 
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import numpy as np
 from PIL import Image
 
 from valora.multimodal import ImageProcessorConfig, load_image
+from valora.video import VideoProcessorConfig, load_video
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,39 @@ class MediaPolicy:
     max_image_bytes: int = 20 << 20  # encoded size, checked before decoding
     max_image_pixels: int = 32 << 20  # width x height from the header, checked before decoding
     max_images_per_request: int = 8
+    max_videos_per_request: int = 2
+    max_video_bytes: int = 64 << 20
+    max_video_duration_s: float = 600.0
+    max_video_frame_pixels: int = 1920 * 1088  # source frame size, from the stream header
+    max_video_frames: int = 128  # frames kept after fps sampling (bounds decoded memory)
+
+    def video_limits(self, config: VideoProcessorConfig) -> VideoProcessorConfig:
+        """The processor's settings with this server's limits."""
+        return replace(
+            config,
+            max_input_bytes=self.max_video_bytes,
+            max_duration_s=self.max_video_duration_s,
+            max_frame_pixels=self.max_video_frame_pixels,
+            max_frames_per_video=min(config.max_frames_per_video, self.max_video_frames),
+        )
+
+
+def resolve_video(url: str, policy: MediaPolicy, config: VideoProcessorConfig) -> np.ndarray:
+    """Decode one video_url to its sampled frames [T, H, W, 3] uint8 (blocking: run it off the
+    event loop); ``config`` carries fps / frame bounds (the request's) and the limits."""
+    config = policy.video_limits(config)
+    if url.startswith("data:"):
+        return load_video(url, config)
+    parsed = urlparse(url)
+    if parsed.scheme in ("http", "https"):
+        if not policy.allow_remote_media:
+            raise ValueError(
+                "http(s) video URLs are disabled on this server (--allow-remote-media)"
+            )
+        return load_video(_fetch(url, policy, policy.max_video_bytes, "video"), config)
+    if parsed.scheme not in ("", "file"):
+        raise ValueError(f"unsupported video URL scheme {parsed.scheme!r}")
+    return load_video(_local_file(unquote(parsed.path) if parsed.scheme else url, policy), config)
 
 
 def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
@@ -42,7 +79,7 @@ def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
             raise ValueError(
                 "http(s) image URLs are disabled on this server (--allow-remote-media)"
             )
-        return load_image(_fetch(url, policy), config)
+        return load_image(_fetch(url, policy, policy.max_image_bytes, "image"), config)
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"unsupported image URL scheme {parsed.scheme!r}")
     return load_image(_local_file(unquote(parsed.path) if parsed.scheme else url, policy), config)
@@ -51,21 +88,21 @@ def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
 def _local_file(path: str, policy: MediaPolicy) -> Path:
     if policy.allowed_local_media_path is None:
         raise ValueError(
-            "local image files are disabled on this server (--allowed-local-media-path)"
+            "local media files are disabled on this server (--allowed-local-media-path)"
         )
     root = Path(policy.allowed_local_media_path).resolve()
     target = Path(path).resolve()
     if not target.is_relative_to(root):
-        raise ValueError(f"image path {path!r} is outside the allowed media directory")
+        raise ValueError(f"media path {path!r} is outside the allowed media directory")
     return target
 
 
-def _fetch(url: str, policy: MediaPolicy) -> bytes:
+def _fetch(url: str, policy: MediaPolicy, max_bytes: int, what: str) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=policy.fetch_timeout_s) as response:
-            data = response.read(policy.max_image_bytes + 1)
+            data = response.read(max_bytes + 1)
     except OSError as exc:
-        raise ValueError(f"cannot fetch image {url!r}: {exc}") from exc
-    if len(data) > policy.max_image_bytes:
-        raise ValueError(f"image at {url!r} exceeds {policy.max_image_bytes} bytes")
+        raise ValueError(f"cannot fetch {what} {url!r}: {exc}") from exc
+    if len(data) > max_bytes:
+        raise ValueError(f"{what} at {url!r} exceeds {max_bytes} bytes")
     return data

@@ -109,10 +109,15 @@ class ImageURL(_Body):
     detail: str | None = None
 
 
+class VideoURL(_Body):
+    url: str  # data:video/<type>;base64,..., a local file (under the media policy), or http(s)
+
+
 class ContentPart(_Body):
-    type: Literal["text", "image_url"]
+    type: Literal["text", "image_url", "video_url"]
     text: str | None = None
     image_url: ImageURL | None = None
+    video_url: VideoURL | None = None
 
 
 class ChatMessage(_Body):
@@ -122,6 +127,7 @@ class ChatMessage(_Body):
 
 class ChatCompletionRequest(_Sampling):
     messages: list[ChatMessage]
+    mm_processor_kwargs: dict[str, Any] | None = None  # vLLM's per-request processor overrides
     max_completion_tokens: int | None = None
     logprobs: bool = False
     top_logprobs: int | None = None
@@ -142,6 +148,27 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = None
     echo: bool = False
     suffix: str | None = None
+
+
+class ClassificationRequest(_Body):
+    """vLLM's classification route: ``model`` names an adapter with a task head; ``input`` is
+    one text or a list of texts, or ``messages`` is one chat (with images / videos)."""
+
+    model: str
+    input: str | list[str] | None = None
+    messages: list[ChatMessage] | None = None
+    mm_processor_kwargs: dict[str, Any] | None = None
+    user: str | None = None
+
+    def prompts_given(self) -> int:
+        if (self.input is None) == (self.messages is None):
+            raise RequestError("give exactly one of 'input' and 'messages'", "input")
+        if self.messages is not None:
+            return 1
+        texts = [self.input] if isinstance(self.input, str) else self.input
+        if not texts or any(not t for t in texts):
+            raise RequestError("'input' must hold non-empty texts", "input")
+        return len(texts)
 
 
 class LoadLoRAAdapterRequest(_Body):

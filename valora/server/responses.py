@@ -79,6 +79,31 @@ def chat_response(out: RequestOutput, model: str, request_id: str, tokenizer) ->
     }
 
 
+def classification_response(outs: list[RequestOutput], model: str, request_id: str) -> dict:
+    """vLLM's classification response: one entry per input, in input order."""
+    prompt_tokens = sum(len(o.prompt_token_ids) for o in outs)
+    return {
+        "id": request_id,
+        "object": "list",
+        "created": int(time.time()),
+        "model": model,
+        "data": [
+            {
+                "index": i,
+                "label": o.classification.label,
+                "probs": o.classification.probs,
+                "num_classes": o.classification.num_classes,
+            }
+            for i, o in enumerate(outs)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": 0,
+            "total_tokens": prompt_tokens,
+        },
+    }
+
+
 def completion_response(
     out: RequestOutput, model: str, request_id: str, tokenizer, echo_text: str = ""
 ) -> dict:
