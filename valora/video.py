@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,28 +21,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from valora.multimodal import CLIP_MEAN, CLIP_STD, ProcessedVision, smart_resize
-from valora.video_decode import decode_video
+from valora.video_decode import VideoProcessorConfig, decode_video
 
-
-@dataclass(frozen=True)
-class VideoProcessorConfig:
-    min_pixels: int = 128 * 28 * 28  # per frame, after resizing
-    max_pixels: int = 768 * 28 * 28
-    patch_size: int = 14
-    temporal_patch_size: int = 2
-    merge_size: int = 2
-    fps: float = 2.0  # frames sampled per second of a decoded file
-    min_frames: int = 4
-    max_frames: int = 768
-    # refused before frames are decoded
-    max_input_bytes: int = 256 << 20  # encoded size
-    max_duration_s: float = 600.0
-    max_frame_pixels: int = 16_000_000  # width * height of the source frames
-    max_frames_per_video: int = 768  # frames kept after sampling (or given as arrays)
-
-    @property
-    def factor(self) -> int:
-        return self.patch_size * self.merge_size
+__all__ = ["VideoProcessorConfig", "load_video", "process_video"]
 
 
 def load_video(source, cfg: VideoProcessorConfig = VideoProcessorConfig()) -> np.ndarray:

@@ -16,18 +16,35 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import torch
 
-if TYPE_CHECKING:
-    from valora.video import VideoProcessorConfig
-
 # FFmpeg demuxer names; a name matches any comma-separated part of a demuxer's name
 VIDEO_DEMUXERS = "mov,matroska,webm,avi,mpegts,flv,ogg,asf,mpeg,m4v,h264,hevc,ivf,obu"
 _OPEN_OPTIONS = {"format_whitelist": VIDEO_DEMUXERS, "protocol_whitelist": "none"}
+
+
+@dataclass(frozen=True)
+class VideoProcessorConfig:
+    min_pixels: int = 128 * 28 * 28  # per frame, after resizing
+    max_pixels: int = 768 * 28 * 28
+    patch_size: int = 14
+    temporal_patch_size: int = 2
+    merge_size: int = 2
+    fps: float = 2.0  # frames sampled per second of a decoded file
+    min_frames: int = 4
+    max_frames: int = 768
+    # refused before frames are decoded
+    max_input_bytes: int = 256 << 20  # encoded size
+    max_duration_s: float = 600.0
+    max_frame_pixels: int = 16_000_000  # width * height of the source frames
+    max_frames_per_video: int = 768  # frames kept after sampling (or given as arrays)
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
 
 
 @dataclass(frozen=True)

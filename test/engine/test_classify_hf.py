@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from hf_reference import make_hf_model, save_checkpoint
+from hf_reference import hf_vision_inputs, make_hf_model, save_checkpoint
 from peft import LoraConfig, get_peft_model
 from prompts import noise_image
 from video_files import IMAGE, VIDEO, chat, noise_video
@@ -56,20 +56,7 @@ def hf_last_hidden(peft_model, llm: LLM, prompt) -> torch.Tensor:
     """The last prompt token's final hidden state (after the final norm), HF + PEFT."""
     prompt = {"prompt": prompt} if isinstance(prompt, str) else prompt
     processed = llm.engine.process_prompt({**prompt, "mm_processor_kwargs": SMALL})
-    cfg = llm.engine.model_config
-    ids = torch.tensor([processed.token_ids])
-    kwargs = {
-        "mm_token_type_ids": (ids == cfg.image_token_id).int()
-        + 2 * (ids == cfg.video_token_id).int()
-    }
-    for kind, pixels, grids in (
-        ("image", "pixel_values", "image_grid_thw"),
-        ("video", "pixel_values_videos", "video_grid_thw"),
-    ):
-        items = [v for v in processed.images if v.modality == kind]
-        if items:
-            kwargs[pixels] = torch.cat([v.pixel_values for v in items])
-            kwargs[grids] = torch.tensor([v.grid_thw for v in items])
+    ids, kwargs = hf_vision_inputs(processed, llm.engine.model_config)
     with torch.no_grad():
         out = peft_model.get_base_model().model(input_ids=ids, **kwargs)
     return out.last_hidden_state[0, -1]

@@ -14,7 +14,7 @@ import copy
 
 import pytest
 import torch
-from hf_reference import make_hf_model, save_checkpoint
+from hf_reference import hf_vision_inputs, make_hf_model, save_checkpoint
 from peft import LoraConfig, get_peft_model
 from prompts import noise_image
 from video_files import IMAGE, VIDEO, chat, noise_video
@@ -58,20 +58,7 @@ def engine_prompt(name: str) -> dict:
 def hf_greedy(model, llm: LLM, name: str) -> list[int]:
     """transformers' greedy tokens for a prompt, on the pixels our processor made."""
     processed = llm.engine.process_prompt(engine_prompt(name))
-    cfg = llm.engine.model_config
-    ids = torch.tensor([processed.token_ids])
-    kwargs = {
-        "mm_token_type_ids": (ids == cfg.image_token_id).int()
-        + 2 * (ids == cfg.video_token_id).int()
-    }
-    for kind, pixels, grids in (
-        ("image", "pixel_values", "image_grid_thw"),
-        ("video", "pixel_values_videos", "video_grid_thw"),
-    ):
-        items = [v for v in processed.images if v.modality == kind]
-        if items:
-            kwargs[pixels] = torch.cat([v.pixel_values for v in items])
-            kwargs[grids] = torch.tensor([v.grid_thw for v in items])
+    ids, kwargs = hf_vision_inputs(processed, llm.engine.model_config)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, max_new_tokens=MAX_NEW, min_new_tokens=MAX_NEW, do_sample=False, **kwargs

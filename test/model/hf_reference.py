@@ -113,3 +113,21 @@ def hf_greedy(model, prompt_name: str, max_new: int, image_token_id: int) -> lis
             **kwargs,
         )
     return out[0, len(ids) :].tolist()
+
+
+def hf_vision_inputs(processed, model_config) -> tuple[torch.Tensor, dict]:
+    """(input_ids [1, L], the HF model's vision kwargs) for one of our processed prompts: the
+    pixels our processor made per modality, their grids, and ``mm_token_type_ids`` (0 text,
+    1 image, 2 video; without it transformers 5 silently uses 1-D positions)."""
+    ids = torch.tensor([processed.token_ids])
+    is_image = (ids == model_config.image_token_id).int()
+    kwargs = {"mm_token_type_ids": is_image + 2 * (ids == model_config.video_token_id).int()}
+    for kind, pixels, grids in (
+        ("image", "pixel_values", "image_grid_thw"),
+        ("video", "pixel_values_videos", "video_grid_thw"),
+    ):
+        items = [v for v in processed.images if v.modality == kind]
+        if items:
+            kwargs[pixels] = torch.cat([v.pixel_values for v in items])
+            kwargs[grids] = torch.tensor([v.grid_thw for v in items])
+    return ids, kwargs

@@ -57,8 +57,11 @@ class TaskHeadSpec:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "layers", tuple(tuple(p) for p in self.layers))
-        object.__setattr__(self, "labels", tuple(self.labels))
+        try:
+            object.__setattr__(self, "layers", tuple(tuple(p) for p in self.layers))
+            object.__setattr__(self, "labels", tuple(self.labels))
+        except TypeError as exc:
+            raise ValueError(f"task head layers must be [in, out] pairs: {exc}") from exc
         _check_spec(self)
 
     @property
@@ -71,8 +74,10 @@ class TaskHeadSpec:
             raise ValueError(f"{HEAD_CONFIG_FILE} must hold a JSON object")
         missing = [k for k in _KEYS if k not in data]
         unknown = sorted(set(data) - set(_KEYS))
-        if missing or unknown:
-            raise ValueError(f"{HEAD_CONFIG_FILE}: missing keys {missing}, unknown keys {unknown}")
+        if missing:
+            raise ValueError(f"{HEAD_CONFIG_FILE}: missing keys {missing}")
+        if unknown:
+            raise ValueError(f"{HEAD_CONFIG_FILE}: unknown keys {unknown}")
         if not isinstance(data["layers"], list) or not all(
             isinstance(p, list) and len(p) == 2 for p in data["layers"]
         ):
@@ -110,9 +115,9 @@ def _check_spec(spec: TaskHeadSpec) -> None:
             f"task head format_version {spec.format_version!r} is not supported "
             f"(expected {FORMAT_VERSION})"
         )
-    if spec.pooling not in POOLINGS:
+    if not isinstance(spec.pooling, str) or spec.pooling not in POOLINGS:
         raise ValueError(f"task head pooling {spec.pooling!r} is not one of {POOLINGS}")
-    if spec.activation not in ACTIVATIONS:
+    if not isinstance(spec.activation, str) or spec.activation not in ACTIVATIONS:
         raise ValueError(
             f"task head activation {spec.activation!r} is not one of {tuple(ACTIVATIONS)}"
         )

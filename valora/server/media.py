@@ -12,6 +12,7 @@ too) are checked before any pixel is decoded.
 from __future__ import annotations
 
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -52,18 +53,7 @@ def resolve_video(url: str, policy: MediaPolicy, config: VideoProcessorConfig) -
     """Decode one video_url to its sampled frames [T, H, W, 3] uint8 (blocking: run it off the
     event loop); ``config`` carries fps / frame bounds (the request's) and the limits."""
     config = policy.video_limits(config)
-    if url.startswith("data:"):
-        return load_video(url, config)
-    parsed = urlparse(url)
-    if parsed.scheme in ("http", "https"):
-        if not policy.allow_remote_media:
-            raise ValueError(
-                "http(s) video URLs are disabled on this server (--allow-remote-media)"
-            )
-        return load_video(_fetch(url, policy, policy.max_video_bytes, "video"), config)
-    if parsed.scheme not in ("", "file"):
-        raise ValueError(f"unsupported video URL scheme {parsed.scheme!r}")
-    return load_video(_local_file(unquote(parsed.path) if parsed.scheme else url, policy), config)
+    return _resolve(url, policy, "video", policy.max_video_bytes, lambda s: load_video(s, config))
 
 
 def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
@@ -71,18 +61,23 @@ def resolve_image(url: str, policy: MediaPolicy) -> Image.Image:
     config = ImageProcessorConfig(
         max_input_bytes=policy.max_image_bytes, max_input_pixels=policy.max_image_pixels
     )
+    return _resolve(url, policy, "image", policy.max_image_bytes, lambda s: load_image(s, config))
+
+
+def _resolve(url: str, policy: MediaPolicy, kind: str, max_bytes: int, load: Callable):
+    """A data URL, an allowed http(s) URL or an allowed local file -> ``load(source)``."""
     if url.startswith("data:"):
-        return load_image(url, config)
+        return load(url)
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
         if not policy.allow_remote_media:
             raise ValueError(
-                "http(s) image URLs are disabled on this server (--allow-remote-media)"
+                f"http(s) {kind} URLs are disabled on this server (--allow-remote-media)"
             )
-        return load_image(_fetch(url, policy, policy.max_image_bytes, "image"), config)
+        return load(_fetch(url, policy, max_bytes, kind))
     if parsed.scheme not in ("", "file"):
-        raise ValueError(f"unsupported image URL scheme {parsed.scheme!r}")
-    return load_image(_local_file(unquote(parsed.path) if parsed.scheme else url, policy), config)
+        raise ValueError(f"unsupported {kind} URL scheme {parsed.scheme!r}")
+    return load(_local_file(unquote(parsed.path) if parsed.scheme else url, policy))
 
 
 def _local_file(path: str, policy: MediaPolicy) -> Path:

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from valora.adapters.task_head import TaskHead, TaskHeadSpec, save_task_head
+from valora.adapters.task_head import ACTIVATIONS, TaskHead, TaskHeadSpec, save_task_head
 from valora.multimodal import ProcessedVision, expand_image_placeholders, process_image
 from valora.tokenizer import Tokenizer
 
@@ -156,11 +156,9 @@ def collate(batch: list[dict], device: torch.device) -> tuple[dict, torch.Tensor
     mask = torch.zeros_like(input_ids)
     for row, b in enumerate(batch):
         n = len(b["input_ids"])
-        input_ids[row, :n], types[row, :n], mask[row, :n] = (
-            b["input_ids"],
-            b["mm_token_type_ids"],
-            1,
-        )
+        input_ids[row, :n] = b["input_ids"]
+        types[row, :n] = b["mm_token_type_ids"]
+        mask[row, :n] = 1
     kwargs = {"input_ids": input_ids, "attention_mask": mask}
     vision = [item for b in batch for item in b["vision"]]
     for modality, pixels_key, grid_key in (
@@ -311,7 +309,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target-modules", nargs="+", default=list(d.target_modules))
     p.add_argument("--vision-lora", action="store_true", help=f"also {', '.join(VISION_TARGETS)}")
     p.add_argument("--head-hidden", type=int, default=d.head_hidden, help="0: one Linear")
-    p.add_argument("--activation", default=d.activation, help="gelu | relu | tanh | identity")
+    p.add_argument("--activation", default=d.activation, choices=list(ACTIVATIONS))
     p.add_argument("--held-out", type=float, default=d.held_out, help="held-out fraction")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
