@@ -121,7 +121,11 @@ def prepare_prompts(llm: LLM, args: argparse.Namespace) -> tuple[list, dict]:
         "num_clips": len(clips),
         "frames": args.frames,
         "size": list(args.size),
-        "prompt_tokens_per_clip": {"mean": np.mean(tokens), "min": min(tokens), "max": max(tokens)},
+        "prompt_tokens_per_clip": {
+            "mean": float(np.mean(tokens)),
+            "min": min(tokens),
+            "max": max(tokens),
+        },
         "preprocess_ms_per_clip": 1e3 * float(np.mean(seconds)),
     }
 

@@ -137,7 +137,7 @@ def test_bad_json_and_oversized_files(tmp_path, monkeypatch):
         load_task_head(tmp_path, HIDDEN)
     write_raw(tmp_path, _config(), None)
     monkeypatch.setattr(th, "MAX_HEAD_WEIGHTS_BYTES", 100)
-    with pytest.raises(ValueError, match="larger than the task head limit"):
+    with pytest.raises(ValueError, match="is larger than 100 bytes"):
         load_task_head(tmp_path, HIDDEN)
 
 

@@ -33,7 +33,7 @@ def read_adapter_files(
     covers exactly what was parsed."""
     if not path.is_dir():
         raise FileNotFoundError(f"adapter directory not found: {path}")
-    config_bytes = _read_confined(path / CONFIG_FILE, root)
+    config_bytes = read_confined(path / CONFIG_FILE, root)
     try:
         config = json.loads(config_bytes)
     except ValueError as exc:
@@ -41,7 +41,7 @@ def read_adapter_files(
     if not isinstance(config, dict):
         raise ValueError(f"{path / CONFIG_FILE} must hold a JSON object")
     if (path / SAFETENSORS_FILE).is_file():
-        data = _read_confined(path / SAFETENSORS_FILE, root)
+        data = read_confined(path / SAFETENSORS_FILE, root)
         tensors = _parse(lambda: safetensors_load(data), path / SAFETENSORS_FILE)
     elif (path / PICKLE_FILE).is_file():
         if not allow_pickle:
@@ -49,7 +49,7 @@ def read_adapter_files(
                 f"{path / PICKLE_FILE} is a pickled adapter; loading pickled adapters needs the "
                 "explicit opt-in allow_pickle=True (or convert it to safetensors)"
             )
-        data = _read_confined(path / PICKLE_FILE, root)
+        data = read_confined(path / PICKLE_FILE, root)
         unpickle = lambda: dict(  # noqa: E731
             torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         )
@@ -60,10 +60,12 @@ def read_adapter_files(
     return config, tensors, digest
 
 
-def _read_confined(file: Path, root: str | Path | None) -> bytes:
-    """The file's bytes; with ``root``, only if the file *opened* (its descriptor's real path,
-    so a symlink swapped in after a check cannot redirect the read) is a regular file under
-    the real ``root``, of at most ``MAX_ADAPTER_FILE_BYTES``."""
+def read_confined(
+    file: Path, root: str | Path | None, max_bytes: int = MAX_ADAPTER_FILE_BYTES
+) -> bytes:
+    """The file's bytes, if it is a regular file of at most ``max_bytes``; with ``root``, only if
+    the file *opened* (its descriptor's real path, so a symlink swapped in after a check cannot
+    redirect the read) lies under the real ``root``."""
     try:
         fd = os.open(os.path.realpath(file), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     except FileNotFoundError:
@@ -75,9 +77,12 @@ def _read_confined(file: Path, root: str | Path | None) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{file} is not a regular file")
-        if info.st_size > MAX_ADAPTER_FILE_BYTES:
-            raise ValueError(f"{file} is larger than {MAX_ADAPTER_FILE_BYTES} bytes")
-        return handle.read(MAX_ADAPTER_FILE_BYTES + 1)
+        if info.st_size > max_bytes:
+            raise ValueError(f"{file} is larger than {max_bytes} bytes")
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew after the check
+        raise ValueError(f"{file} is larger than {max_bytes} bytes")
+    return data
 
 
 def _opened_path(fd: int, file: Path) -> Path:

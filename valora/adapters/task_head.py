@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save_file
+
+from valora.adapters.adapter_files import read_confined
 
 HEAD_CONFIG_FILE = "task_head.json"
 HEAD_WEIGHTS_FILE = "task_head.safetensors"
@@ -241,33 +242,9 @@ def read_head_files(
             else (HEAD_WEIGHTS_FILE, HEAD_CONFIG_FILE)
         )
         raise ValueError(f"{path} has {present} without {absent}; a task head needs both files")
-    config = _read_capped(path / HEAD_CONFIG_FILE, MAX_HEAD_CONFIG_BYTES, root)
-    weights = _read_capped(path / HEAD_WEIGHTS_FILE, MAX_HEAD_WEIGHTS_BYTES, root)
+    config = read_confined(path / HEAD_CONFIG_FILE, root, MAX_HEAD_CONFIG_BYTES)
+    weights = read_confined(path / HEAD_WEIGHTS_FILE, root, MAX_HEAD_WEIGHTS_BYTES)
     return config, weights
-
-
-def _read_capped(file: Path, cap: int, root: str | Path | None) -> bytes:
-    """A regular file's bytes, refused over ``cap`` bytes (checked on the open descriptor, the
-    final component not followed); with ``root``, the opened file must lie under it."""
-    try:
-        fd = os.open(os.path.realpath(file), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise ValueError(f"cannot open {file}: {exc}") from exc
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{file} is not a regular file")
-        if root is not None:
-            proc = Path(f"/proc/self/fd/{fd}")
-            opened = Path(os.readlink(proc)) if proc.exists() else Path(os.path.realpath(file))
-            if not opened.is_relative_to(os.path.realpath(root)):
-                raise PermissionError(f"{file} resolves to a path outside the adapter root")
-        if info.st_size > cap:
-            raise ValueError(f"{file} is larger than the task head limit of {cap} bytes")
-        data = handle.read(cap + 1)
-    if len(data) > cap:
-        raise ValueError(f"{file} is larger than the task head limit of {cap} bytes")
-    return data
 
 
 def load_task_head(
