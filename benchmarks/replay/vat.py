@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from replay.clips import ClipInfo, load_manifest, write_clips
+from replay.clips import MANIFEST, ClipInfo, load_manifest, write_clips
 from replay.datasets import Sample
 from replay.workload import RequestSpec, build_workload
 
@@ -83,6 +83,6 @@ def clips_for_run(
     """The clips of ``clips_dir``'s manifest; without one, ``num_clips`` generated there (or in
     ``scratch`` when no directory is given); ``options`` go to ``write_clips``."""
     directory = Path(clips_dir) if clips_dir else Path(scratch)
-    if (directory / "manifest.json").is_file():
+    if (directory / MANIFEST).is_file():
         return load_manifest(directory)
     return write_clips(directory, num_clips, **options)

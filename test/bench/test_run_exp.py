@@ -73,7 +73,7 @@ def test_vat_replay_on_the_in_process_engine(tmp_path):
     engine_args = (
         "--model-setting tiny --device cpu --num-adapter 4 --num-token 8192 --lora-backend torch"
     )
-    run_exp.main(replay_args(out, "--task", "vat", "--debug", "--engine_args", engine_args))
+    run_exp.main(replay_args(out, "--task", "vat_images", "--debug", "--engine_args", engine_args))
     requests, record = read(out)
     assert len(requests) == 8  # --debug
     assert all(r["success"] and r["num_images"] == 6 and r["output_tokens"] == 1 for r in requests)

@@ -50,12 +50,12 @@ def test_graph_logits_match_eager(num_seqs):
         if "eager" in seen or not (batch.is_decode and batch.num_seqs == num_seqs):
             return graph_forward(batch)
         k_before = engine.runner.kv_cache.k[:, :num_blocks].clone()
-        logits = graph_forward(batch)
-        seen["graph"], seen["batch"] = logits.clone(), batch
+        out = graph_forward(batch)
+        seen["graph"], seen["batch"] = out.logits.clone(), batch
         seen["k_after"] = engine.runner.kv_cache.k[:, :num_blocks].clone()
         seen["k_before"] = k_before
-        seen["eager"] = EagerForward(engine.model)(batch)
-        return logits
+        seen["eager"] = EagerForward(engine.model)(batch).logits
+        return out
 
     engine.runner.forward = compare_on_the_first_decode_step  # a spy on the engine's forward
     for _ in range(6):  # prefills (budget 8192), then the first step that decodes them all
