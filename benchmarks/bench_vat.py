@@ -141,6 +141,7 @@ class Runner:
         self.engine = llm.engine
         self.num_adapters = num_adapters
         self.next_id = 0
+        self.steps = 0  # engine steps run (a per-mode step count explains its latency)
 
     def add(self, prompt, index: int, max_tokens: int) -> str:
         """Request ``index``'s prompt on adapter ``index % num_adapters``; ``max_tokens`` 0: the
@@ -157,6 +158,7 @@ class Runner:
 
     def step(self, finished: dict[str, float], start: float) -> None:
         """One engine step; finished requests' end times (seconds after ``start``)."""
+        self.steps += 1
         for out in self.engine.step():
             if out.finished:
                 if out.error:
@@ -172,11 +174,12 @@ class Runner:
 
 def measure_mode(runner: Runner, prompts: list, max_tokens: int, latency_clips: int) -> dict:
     """One mode of (a): batch-1 latencies over ``latency_clips`` clips, then one batch of all."""
-    latencies = []
+    latencies, steps_before = [], runner.steps
     for i in range(min(latency_clips, len(prompts))):
         start = time.perf_counter()
         runner.add(prompts[i], i, max_tokens)
         latencies.append(max(runner.drain(start).values()))
+    steps = (runner.steps - steps_before) / max(len(latencies), 1)
     start = time.perf_counter()
     ids = [runner.add(p, i, max_tokens) for i, p in enumerate(prompts)]
     finished, total_s = wall_time(lambda: runner.drain(start))
@@ -184,6 +187,7 @@ def measure_mode(runner: Runner, prompts: list, max_tokens: int, latency_clips: 
         "mode": "head" if max_tokens == 0 else f"generate_{max_tokens}",
         "max_tokens": max_tokens,
         "batch1_latency_ms": _latency_stats(latencies),
+        "batch1_steps_per_request": steps,
         "batch": len(ids),
         "batch_total_s": total_s,
         "batch_mean_latency_ms": 1e3 * float(np.mean([finished[i] for i in ids])),
