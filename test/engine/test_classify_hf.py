@@ -62,9 +62,12 @@ def hf_last_hidden(peft_model, llm: LLM, prompt) -> torch.Tensor:
     return out.last_hidden_state[0, -1]
 
 
-def test_head_probabilities_match_hf_peft_in_a_mixed_batch(adapter):
+@pytest.mark.parametrize(
+    "options", [{}, {"max_num_batched_tokens": 9, "block_size": 4}], ids=["default", "chunked"]
+)
+def test_head_probabilities_match_hf_peft_in_a_mixed_batch(adapter, options):
     base, head_dir, peft_model = adapter
-    llm = LLM(base, device="cpu", lora_modules={"act": head_dir}, num_dummy_adapters=1)
+    llm = LLM(base, device="cpu", lora_modules={"act": head_dir}, num_dummy_adapters=1, **options)
     engine = llm.engine
     assert engine.task_labels("act") == list(LABELS) and engine.task_labels("lora0") is None
     prompts = [{**p, "mm_processor_kwargs": SMALL} if isinstance(p, dict) else p for p in PROMPTS]
