@@ -57,6 +57,10 @@ setup(
             "httpx>=0.25",
             # property-based fuzzing of the HTTP surface from its OpenAPI schema
             "schemathesis>=4.0",
+            # the evaluation metrics and the QLoRA path of the trainer
+            "sacrebleu>=2.4",
+            "rapidfuzz>=3.0",
+            "bitsandbytes>=0.45",
             # lint and formatting (CI runs ruff check and ruff format --check)
             "ruff==0.17.6",  # pinned: formatting output changes between releases
         ],
@@ -71,11 +75,25 @@ setup(
             "matplotlib>=3.7",
         ],
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "prometheus-client>=0.20"],
+        # valora-train (LoRA SFT, QLoRA with bitsandbytes NF4), valora-fuse and valora-eval
+        "train": [
+            "transformers>=4.52",
+            "peft>=0.15",
+            "bitsandbytes>=0.45",
+            "sacrebleu>=2.4",
+            "rapidfuzz>=3.0",
+            "openai>=1.30",
+            "httpx>=0.25",
+            "matplotlib>=3.7",
+        ],
     },
     entry_points={
         "console_scripts": [
             "valora-demo=valora.demo:main",
             "valora-serve=valora.server.cli:main",
+            "valora-train=valora.train:main",
+            "valora-eval=valora.eval:main",
+            "valora-fuse=valora.fuse:main",
         ],
     },
 )

@@ -313,12 +313,14 @@ def head_reference_probs(hidden_last: torch.Tensor, adapter_dir: str | Path) -> 
 
 
 def random_task_head(hidden_size: int, num_classes: int, seed: int, width: int = 2048) -> TaskHead:
-    """VaLoRA's action-recognition head shape, Linear(hidden, width) -> Linear(width, classes),
-    with seeded random weights and labels ``class_0`` ... (dummy adapters: benchmarks, tests)."""
+    """VaLoRA's action-recognition head, Linear(hidden, width) -> Linear(width, classes) with no
+    activation between, with seeded random weights and labels ``class_0`` ... (dummy adapters:
+    benchmarks, tests)."""
     spec = TaskHeadSpec(
         layers=((hidden_size, width), (width, num_classes)),
         labels=tuple(f"class_{i}" for i in range(num_classes)),
         hidden_size=hidden_size,
+        activation="identity",
     )
     generator = torch.Generator().manual_seed(seed)
     tensors = {}
