@@ -9,14 +9,11 @@ as percentages, BLEU as it is. Base is grey; a task-head adapter's bars are hatc
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from results import save  # noqa: E402
+from results import figure_from_json, save  # noqa: E402
 
 METRIC_NAMES = {
     "exact": "exact match %",
@@ -85,12 +82,9 @@ def draw(record: dict, out: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="python -m valora.eval results JSON")
-    parser.add_argument("--out", default="draw/eval_tasks", help="PNG and PDF (suffix replaced)")
-    args = parser.parse_args()
-    with open(args.results) as f:
-        draw(json.load(f), args.out)
+    figure_from_json(
+        __doc__.splitlines()[0], "python -m valora.eval results JSON", "draw/eval_tasks", draw
+    )
 
 
 if __name__ == "__main__":

@@ -48,3 +48,16 @@ def save(fig, out: str) -> None:
     fig.savefig(out_path.with_suffix(".png"), dpi=150, bbox_inches="tight")
     fig.savefig(out_path.with_suffix(".pdf"), bbox_inches="tight")
     print(f"wrote {out_path.with_suffix('.png')} and .pdf")
+
+
+def figure_from_json(description: str, results_help: str, default_out: str, draw) -> None:
+    """The command line of a figure drawn from one JSON result file: ``draw(record, out)``."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("results", help=results_help)
+    parser.add_argument("--out", default=default_out, help="PNG and PDF (suffix replaced)")
+    args = parser.parse_args()
+    with open(args.results) as f:
+        draw(json.load(f), args.out)

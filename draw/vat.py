@@ -11,14 +11,11 @@ offered frames/s dashed) and p90 latency (right axis) per offered request rate.
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from results import save  # noqa: E402
+from results import figure_from_json, save  # noqa: E402
 
 
 def mode_label(row: dict) -> str:
@@ -84,12 +81,7 @@ def draw(record: dict, out: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="bench_vat.py JSON")
-    parser.add_argument("--out", default="draw/vat", help="PNG and PDF (suffix replaced)")
-    args = parser.parse_args()
-    with open(args.results) as f:
-        draw(json.load(f), args.out)
+    figure_from_json(__doc__.splitlines()[0], "bench_vat.py JSON", "draw/vat", draw)
 
 
 if __name__ == "__main__":
