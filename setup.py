@@ -77,7 +77,7 @@ setup(
         "server": ["fastapi>=0.110", "uvicorn>=0.29", "pydantic>=2.5", "prometheus-client>=0.20"],
         # valora-train (LoRA SFT, QLoRA with bitsandbytes NF4), valora-fuse and valora-eval
         "train": [
-            "transformers>=4.52",
+            "transformers>=5.0",  # mm_token_type_ids (M-RoPE) as the trainer passes them
             "peft>=0.15",
             "bitsandbytes>=0.45",
             "sacrebleu>=2.4",
