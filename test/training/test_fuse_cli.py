@@ -1,6 +1,6 @@
-"""``valora-fuse`` end to end on the tiny base (real trainer, real offline scoring): two tasks,
-floors the adapters meet -> one fused adapter; an unreachable floor -> the fusion is rolled back
-and each task keeps its own adapter. The manifest's adapters load in the engine."""
+"""``valora-fuse`` end to end on the tiny base (real trainer, real offline scoring): two tasks
+with floors the adapters meet fuse into one adapter, which the engine loads from the manifest.
+(Rollback is tested on a scripted trainer in ``test_fusion.py``.)"""
 
 from __future__ import annotations
 
@@ -35,13 +35,3 @@ def test_reachable_floors_fuse_into_one_adapter(suite):
     name, path = record["lora_modules"].split("=")
     llm = LLM(base, device="cpu", lora_modules={name: path}, lora_backend="torch")
     assert name in llm.engine.adapters()
-
-
-def test_an_unreachable_floor_rolls_the_fusion_back(suite):
-    root, base = suite
-    out = root / "two"
-    args = ["--model", base, "--data", str(root / "tasks"), "--out", str(out), *TRAIN]
-    record = run([*args, "--floor", "colour=0", "--floor", "count=1.01", "--max-tokens", "4"])
-    assert record["num_adapters"] == 2
-    assert record["tasks"]["count"]["met"] is False and record["tasks"]["colour"]["met"]
-    assert sorted(p.name for p in out.iterdir()) == ["adapter-0", "adapter-1", "manifest.json"]
