@@ -79,3 +79,15 @@ def _help(text: str, default: Any) -> str:
     if default is None or default is dataclasses.MISSING or isinstance(default, bool):
         return text
     return f"{text} (default: {default})" if text else f"default: {default}"
+
+
+def key_value_pairs(items: list[str], flag: str, form: str = "KEY=VALUE") -> list[tuple[str, str]]:
+    """``KEY=VALUE`` command-line items -> (key, value) pairs in order; SystemExit naming
+    ``flag`` and the expected ``form`` on a malformed one."""
+    found = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise SystemExit(f"{flag} takes {form}, got {item!r}")
+        found.append((key, value))
+    return found

@@ -16,7 +16,7 @@ import dataclasses
 import shlex
 import sys
 
-from valora.cli_fields import add_cli_args, from_cli
+from valora.cli_fields import add_cli_args, from_cli, key_value_pairs
 from valora.config import EngineConfig, LoRAConfig, SchedulerConfig
 from valora.evaluation.dataset import load_examples
 from valora.evaluation.evaluate import BASE, evaluate
@@ -65,17 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
-    """``KEY=VALUE`` items -> (key, value) pairs; SystemExit on a malformed one."""
-    found = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise SystemExit(f"{flag} takes KEY=VALUE, got {item!r}")
-        found.append((key, value))
-    return found
-
-
 def select(examples: list[dict], tasks: list[str] | None, limit: int | None) -> list[dict]:
     """The examples of ``tasks`` (all when None), the first ``limit`` of each task."""
     counts: dict[str, int] = {}
@@ -122,7 +111,7 @@ def build_runner(args: argparse.Namespace):
     lora_given = any(k in {f.name for f in dataclasses.fields(LoRAConfig)} for k in kwargs)
     llm = LLM(
         args.model,
-        lora_modules=dict(pairs(args.lora_modules, "--lora-modules")),
+        lora_modules=dict(key_value_pairs(args.lora_modules, "--lora-modules")),
         num_dummy_adapters=args.num_dummy_adapters,
         enable_lora=True if lora_given else None,
         **kwargs,
@@ -134,7 +123,7 @@ def run(argv: list[str]) -> dict:
     """Evaluate, write ``--out``, print the table; returns the record written."""
     args = build_parser().parse_args(argv)
     task_adapters: dict[str, list[str]] = {}
-    for task, name in pairs(args.task_adapter, "--task-adapter"):
+    for task, name in key_value_pairs(args.task_adapter, "--task-adapter"):
         task_adapters.setdefault(task, []).append(name)
     examples = select(load_examples(args.data, args.split), args.tasks, args.limit)
     runner = build_runner(args)

@@ -19,6 +19,7 @@ import argparse
 import json
 from pathlib import Path
 
+from valora.cli_fields import key_value_pairs
 from valora.evaluation.dataset import load_split
 from valora.evaluation.evaluate import evaluate as evaluate_examples
 from valora.evaluation.offline import OfflineRunner
@@ -44,13 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_pairs(items: list[str], flag: str) -> dict[str, str]:
-    pairs = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not name or not value:
-            raise SystemExit(f"{flag} takes TASK=VALUE, got {item!r}")
-        pairs[name] = value
-    return pairs
+    return dict(key_value_pairs(items, flag, "TASK=VALUE"))
 
 
 def suite_tasks(data: Path, floors: dict[str, str]) -> list[FusionTask]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from valora.config import ModelConfig
 from valora.mrope import mrope_positions
@@ -72,15 +73,9 @@ def _as_list(value, video: bool = False) -> list:
         return []
     if not isinstance(value, list):
         return [value]
-    if video and value and not isinstance(value[0], (list, str, np.ndarray)):
-        return [value] if _is_frame(value[0]) else value
+    if video and value and isinstance(value[0], Image.Image):
+        return [value]
     return value
-
-
-def _is_frame(item) -> bool:
-    from PIL import Image
-
-    return isinstance(item, Image.Image)
 
 
 @dataclass(frozen=True)

@@ -111,19 +111,25 @@ def _check_pixels(image: Image.Image, cfg: ImageProcessorConfig) -> None:
         )
 
 
+def decode_data_url(url: str, limit: int, kind: str) -> bytes:
+    """A ``data:<kind>/<type>;base64,<data>`` URL -> its bytes; refused (ValueError) before
+    decoding when the payload would exceed ``limit`` bytes."""
+    header, sep, payload = url.partition(",")
+    if not sep or ";base64" not in header:
+        raise ValueError(f"{kind} data URL must look like data:{kind}/<type>;base64,<data>")
+    if len(payload) * 3 // 4 > limit:
+        raise ValueError(f"{kind} data URL exceeds the limit of {limit} bytes")
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"{kind} data URL is not valid base64: {exc}") from exc
+
+
 def _image_bytes(source, cfg: ImageProcessorConfig) -> bytes:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, str) and source.startswith("data:"):
-        header, sep, payload = source.partition(",")
-        if not sep or ";base64" not in header:
-            raise ValueError("image data URL must look like data:image/<type>;base64,<data>")
-        if len(payload) * 3 // 4 > cfg.max_input_bytes:  # refused before decoding
-            raise ValueError(f"image data URL exceeds the limit of {cfg.max_input_bytes} bytes")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"image data URL is not valid base64: {exc}") from exc
+        data = decode_data_url(source, cfg.max_input_bytes, "image")
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():

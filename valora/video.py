@@ -10,8 +10,6 @@ a multiple of ``temporal_patch_size`` by repeating the last frame, and patch fla
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 from pathlib import Path
 
@@ -20,7 +18,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from valora.multimodal import CLIP_MEAN, CLIP_STD, ProcessedVision, smart_resize
+from valora.multimodal import (
+    CLIP_MEAN,
+    CLIP_STD,
+    ProcessedVision,
+    decode_data_url,
+    smart_resize,
+)
 from valora.video_decode import VideoProcessorConfig, decode_video
 
 __all__ = ["VideoProcessorConfig", "load_video", "process_video"]
@@ -92,15 +96,7 @@ def _encoded_video(source, cfg: VideoProcessorConfig) -> bytes | Path:
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
     elif isinstance(source, str) and source.startswith("data:"):
-        header, sep, payload = source.partition(",")
-        if not sep or ";base64" not in header:
-            raise ValueError("video data URL must look like data:video/<type>;base64,<data>")
-        if len(payload) * 3 // 4 > limit:  # refused before decoding
-            raise ValueError(f"video data URL exceeds the limit of {limit} bytes")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise ValueError(f"video data URL is not valid base64: {exc}") from exc
+        data = decode_data_url(source, limit, "video")
     elif isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from valora.cli_fields import add_cli_args, from_cli
+from valora.cli_fields import add_cli_args, from_cli, key_value_pairs
 from valora.config import EngineConfig, LoRAConfig, SchedulerConfig
 
 
@@ -114,13 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def lora_modules(items: list[str]) -> dict[str, str]:
-    modules = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"--lora-modules takes NAME=PATH, got {item!r}")
-        modules[name] = path
-    return modules
+    return dict(key_value_pairs(items, "--lora-modules", "NAME=PATH"))
 
 
 def engine_config_from(args: argparse.Namespace) -> EngineConfig:
