@@ -97,13 +97,18 @@ class ModelRunner:
         return results
 
     def _classify(self, hidden: torch.Tensor, requests: list[Request]) -> dict[str, Classification]:
-        """Each request's last prompt hidden state [hidden] through its adapter's task head."""
+        """Each request's last prompt hidden state (a row of ``hidden`` [N, hidden]) through its
+        adapter's task head: one head call per adapter version, one device->host copy each."""
+        rows_of: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            rows_of.setdefault((request.adapter_id, request.adapter_version), []).append(i)
         results = {}
-        for row, request in zip(hidden, requests):
-            head = self.lora.task_head((request.adapter_id, request.adapter_version))
-            probs = head(row[None])[0].tolist()
-            label = head.labels[max(range(len(probs)), key=probs.__getitem__)]
-            results[request.request_id] = Classification(label, probs, list(head.labels))
+        for key, rows in rows_of.items():
+            head = self.lora.task_head(key)
+            labels = list(head.labels)
+            for i, probs in zip(rows, head(hidden[rows]).tolist()):
+                label = labels[max(range(len(probs)), key=probs.__getitem__)]
+                results[requests[i].request_id] = Classification(label, probs, list(labels))
         return results
 
     def execute_isolating(
