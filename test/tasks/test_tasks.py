@@ -126,14 +126,19 @@ def test_grounding_box_bounds_the_red_pixels(suite: Path) -> None:
         assert np.allclose(got, expected, atol=0.0011), (got, expected)
 
 
+def _motion(clip: Path) -> str:
+    """The direction the clip's saturated square moves, from its first to its last frame."""
+    steps = {(-1, 0): "left", (1, 0): "right", (0, -1): "up", (0, 1): "down"}
+    frames = _pixels(clip).astype(int)
+    saturated = frames.max(axis=-1) - frames.min(axis=-1) > 80  # the square, not the grey
+    centres = [np.argwhere(frame).mean(axis=0) for frame in saturated]  # (row, col)
+    dy, dx = centres[-1] - centres[0]
+    return steps.get(tuple(np.sign([round(dx / 4), round(dy / 4)]).tolist()), "none")
+
+
 def test_action_clip_moves_the_answered_way(suite: Path) -> None:
-    steps = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
     for example in _split(suite, "action", "val"):
-        frames = _pixels(suite / "action" / _media(example)).astype(int)
-        saturated = frames.max(axis=-1) - frames.min(axis=-1) > 80  # the square, not the grey
-        centres = [np.argwhere(frame).mean(axis=0) for frame in saturated]  # (row, col)
-        dy, dx = centres[-1] - centres[0]
-        assert np.sign([round(dx / 4), round(dy / 4)]).tolist() == list(steps[example["answer"]])
+        assert _motion(suite / "action" / _media(example)) == example["answer"]
 
 
 def test_same_seed_same_data(suite: Path, tmp_path: Path) -> None:
@@ -169,6 +174,49 @@ def test_train_and_val_disjoint(suite: Path, task: str) -> None:
     assert not digests["train"] & digests["val"]
     if TASKS[task].disjoint_answers:
         assert not {e["answer"] for e in train} & {e["answer"] for e in val}
+
+
+CAPTIONS = {
+    "colour": re.compile(r"^one (red|green|blue|yellow) (circle|square|triangle)$"),
+    "count": re.compile(r"^(one \w+ \w+|(two|three|four|five|six) \w+ \w+s)$"),
+    "grounding": re.compile(r"^(three|four|five) shapes: a red \w+(, a \w+ \w+)* and a \w+ \w+$"),
+    "ocr_digits": re.compile(r"^the digits \d( \d){2,5}$"),
+    "latex_ocr": re.compile(r"^a typeset formula$"),
+    "action": re.compile(r"^a \w+ square moving (left|right|up|down)$"),
+}
+
+
+@pytest.fixture(scope="module")
+def pretrain_suite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pretrain")
+    main(["--out", str(out), "--train", "6", "--val", "6", "--pretrain", "12", "--seed", "3"])
+    return out
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_pretrain_split_is_captions_never_the_task(pretrain_suite: Path, task: str) -> None:
+    """The captioning split asks for a description (never the task's question), answers with a
+    caption of the scene's content, and (for open answer spaces) never shows a val string."""
+    pretrain = _split(pretrain_suite, task, "pretrain")
+    val = _split(pretrain_suite, task, "val")
+    assert len(pretrain) == 12
+    assert json.loads((pretrain_suite / "tasks.json").read_text())[task]["num_pretrain"] == 12
+    modality = TASKS[task].modality
+    for example in pretrain:
+        text = example["messages"][0]["content"][1]["text"]
+        assert text == f"Describe the {modality}." and text != TASKS[task].question
+        assert CAPTIONS[task].match(example["answer"]), example["answer"]
+        assert (pretrain_suite / task / _media(example)).is_file()
+    if task == "ocr_digits":
+        shown = {e["answer"].removeprefix("the digits ").replace(" ", "") for e in pretrain}
+        assert not shown & {e["answer"] for e in val}
+    if task == "action":  # the caption's direction is the clip's motion
+        for example in pretrain:
+            assert example["answer"].endswith(_motion(pretrain_suite / task / _media(example)))
+
+
+def test_without_pretrain_no_pretrain_split(suite: Path) -> None:
+    assert not list(suite.glob("*/pretrain.jsonl"))
 
 
 def test_regenerating_replaces_old_media(tmp_path: Path) -> None:

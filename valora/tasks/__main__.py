@@ -1,5 +1,6 @@
 """``python -m valora.tasks --out DIR --tasks all --train 200 --val 50 --seed 0``: write the
-task suite (or a comma-separated subset of it) and its ``tasks.json`` manifest."""
+task suite (or a comma-separated subset of it) and its ``tasks.json`` manifest; ``--pretrain N``
+adds a captioning split per task for pre-training a base."""
 
 from __future__ import annotations
 
@@ -16,6 +17,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--train", type=int, default=200, help="train examples per task")
     parser.add_argument("--val", type=int, default=50, help="val examples per task")
+    parser.add_argument(
+        "--pretrain",
+        type=int,
+        default=0,
+        help="captioning examples per task for pre-training a base (pretrain.jsonl; 0: none)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="non-negative seed")
     return parser.parse_args(argv)
 
@@ -30,7 +37,8 @@ def task_names(spec: str) -> list[str]:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     """Generate and print seconds per task; -> those timings."""
     args = parse_args(argv)
-    seconds = generate_suite(args.out, task_names(args.tasks), args.train, args.val, args.seed)
+    names = task_names(args.tasks)
+    seconds = generate_suite(args.out, names, args.train, args.val, args.seed, args.pretrain)
     for name, took in seconds.items():
         print(f"{name:12s} {args.train:5d} train + {args.val:4d} val  {took:6.2f} s")
     print(f"wrote {args.out}/tasks.json")

@@ -44,6 +44,12 @@ def _render(params: dict, rng: np.random.Generator) -> np.ndarray:
     return to_uint8(frames)
 
 
+def _caption(params: dict) -> str:
+    """'a red square moving left'."""
+    direction = next(name for name, step in DIRECTIONS.items() if step == tuple(params["step"]))
+    return f"a {params['colour']} square moving {direction}"
+
+
 def write_mp4(frames: np.ndarray, path: str | Path, rate: int = FRAME_RATE) -> None:
     """uint8 frames [T, H, W, 3] (H and W even) -> an mp4 file (mpeg4 codec, yuv420p)."""
     import av
@@ -69,5 +75,6 @@ ACTION = TaskSpec(
     strata=tuple(DIRECTIONS),
     sample=_sample,
     render=_render,
+    caption=_caption,
     answers=tuple(DIRECTIONS),
 )

@@ -1,11 +1,13 @@
 """Shared pieces of the procedural task suite: the ``TaskSpec`` a task module fills in, seeding,
 and small pixel helpers (noisy backgrounds, painting a mask).
 
-A task is two functions. ``sample(rng, stratum) -> (answer, params)`` draws one example's answer
+A task is three functions. ``sample(rng, stratum) -> (answer, params)`` draws one example's answer
 and everything needed to draw it (cheap, so the generator can reject answers it must avoid);
 ``render(params, rng) -> uint8 array`` draws it: ``[H, W, 3]`` for an image task, ``[T, H, W, 3]``
-for a video task. ``strata`` are the values the generator balances over (the answers themselves
-for a small answer space, else a coarse property such as the string length).
+for a video task. ``caption(params) -> str`` describes the scene in words for the ``pretrain``
+split (what a captioning corpus would say, never the task's answer format). ``strata`` are the
+values the generator balances over (the answers themselves for a small answer space, else a
+coarse property such as the string length).
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ import numpy as np
 
 METRICS = ("exact", "bleu", "edit")
 MODALITIES = ("image", "video")
-SPLIT_CODES = {"train": 0, "val": 1}
+SPLIT_CODES = {"train": 0, "val": 1, "pretrain": 2}
+DESCRIBE = {"image": "Describe the image.", "video": "Describe the video."}
 
 Sampler = Callable[[np.random.Generator, str], tuple[str, dict]]
 Renderer = Callable[[dict, np.random.Generator], np.ndarray]
+Captioner = Callable[[dict], str]
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class TaskSpec:
     strata: tuple[str, ...]
     sample: Sampler
     render: Renderer
+    caption: Captioner
     answers: tuple[str, ...] | None = None  # the closed answer set, when there is one
     disjoint_answers: bool = False
     manifest_extra: dict = field(default_factory=dict)

@@ -117,6 +117,11 @@ def _render(params: dict, rng: np.random.Generator) -> np.ndarray:
     return to_uint8(image + rng.normal(0, 3, image.shape))
 
 
+def _caption(params: dict) -> str:
+    """Only that it is a formula: the captions never carry LaTeX source."""
+    return "a typeset formula"
+
+
 LATEX_OCR = TaskSpec(
     name="latex_ocr",
     metric="bleu",
@@ -128,6 +133,7 @@ LATEX_OCR = TaskSpec(
     strata=TEMPLATES,
     sample=_sample,
     render=_render,
+    caption=_caption,
     disjoint_answers=True,
     manifest_extra={"secondary_metrics": ["edit"]},
 )

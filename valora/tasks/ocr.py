@@ -50,6 +50,11 @@ def _render(params: dict, rng: np.random.Generator) -> np.ndarray:
     return to_uint8(np.repeat(grey, 3, axis=2) + tint)
 
 
+def _caption(params: dict) -> str:
+    """'the digits 4 8 1 2': the digits spelled apart, not the task's answer string."""
+    return "the digits " + " ".join(params["text"])
+
+
 OCR_DIGITS = TaskSpec(
     name="ocr_digits",
     metric="edit",
@@ -60,5 +65,6 @@ OCR_DIGITS = TaskSpec(
     strata=LENGTHS,
     sample=_sample,
     render=_render,
+    caption=_caption,
     disjoint_answers=True,
 )

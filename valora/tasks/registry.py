@@ -1,5 +1,11 @@
 """The task registry and the generator that writes a task's splits: ``DIR/<task>/train.jsonl``,
-``DIR/<task>/val.jsonl``, media under ``DIR/<task>/media/``, and the ``DIR/tasks.json`` manifest.
+``DIR/<task>/val.jsonl``, optionally ``DIR/<task>/pretrain.jsonl``, media under
+``DIR/<task>/media/``, and the ``DIR/tasks.json`` manifest.
+
+The ``pretrain`` split is a captioning corpus for pre-training a base model: fresh scenes of the
+same generators, asked "Describe the image." (or video) and answered with the task's caption
+(``TaskSpec.caption``), never with the task's question or answer format. Its answers avoid the
+val answers, so pre-training never sees a held-out string.
 
 Each example is a pure function of (seed, task, split, index) (see ``common.example_rng``), so a
 seed reproduces the JSONL byte for byte and the media pixel for pixel. Strata are balanced per
@@ -17,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from valora.tasks.action import ACTION, write_mp4
-from valora.tasks.common import TaskSpec, balanced_strata, example_rng
+from valora.tasks.common import DESCRIBE, TaskSpec, balanced_strata, example_rng
 from valora.tasks.latex import LATEX_OCR
 from valora.tasks.ocr import OCR_DIGITS
 from valora.tasks.shapes import COLOUR, COUNT, GROUNDING
@@ -27,7 +33,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 MANIFEST = "tasks.json"
 MAX_REDRAWS = 1000  # val draws per example before giving up on a fresh answer
-_MEDIA_NAME = re.compile(r"^(train|val)-\d+\.(png|mp4)$")
+_MEDIA_NAME = re.compile(r"^(train|val|pretrain)-\d+\.(png|mp4)$")
 
 
 def get_task(name: str) -> TaskSpec:
@@ -53,17 +59,19 @@ def _draft(
 
 
 def _record(spec: TaskSpec, split: str, index: int, media: str, answer: str) -> dict:
-    """One JSONL line's object, in the shared trainer/evaluator format."""
+    """One JSONL line's object, in the shared trainer/evaluator format (a pretrain line asks for
+    a description and is scored by exact match)."""
+    question = DESCRIBE[spec.modality] if split == "pretrain" else spec.question
     content = [
         {"type": spec.modality, spec.modality: media},
-        {"type": "text", "text": spec.question},
+        {"type": "text", "text": question},
     ]
     return {
         "id": f"{spec.name}-{split}-{index}",
         "task": spec.name,
         "messages": [{"role": "user", "content": content}],
         "answer": answer,
-        "metric": spec.metric,
+        "metric": "exact" if split == "pretrain" else spec.metric,
     }
 
 
@@ -84,19 +92,23 @@ def _write_split(
         answer, params, rng = _draft(spec, seed, split, index, stratum, avoid)
         media = f"media/{split}-{index:05d}{spec.suffix}"
         _save_media(spec, spec.render(params, rng), task_dir / media)
-        lines.append(json.dumps(_record(spec, split, index, media, answer)) + "\n")
+        target = spec.caption(params) if split == "pretrain" else answer
+        lines.append(json.dumps(_record(spec, split, index, media, target)) + "\n")
         answers.append(answer)
     (task_dir / f"{split}.jsonl").write_text("".join(lines), encoding="utf-8", newline="\n")
     return answers
 
 
-def manifest_entry(spec: TaskSpec, num_train: int, num_val: int, seed: int) -> dict:
+def manifest_entry(
+    spec: TaskSpec, num_train: int, num_val: int, seed: int, num_pretrain: int = 0
+) -> dict:
     """The task's ``tasks.json`` entry."""
     entry = {
         "metric": spec.metric,
         "modality": spec.modality,
         "num_train": num_train,
         "num_val": num_val,
+        "num_pretrain": num_pretrain,
         "description": spec.description,
         "question": spec.question,
         "seed": seed,
@@ -106,11 +118,15 @@ def manifest_entry(spec: TaskSpec, num_train: int, num_val: int, seed: int) -> d
     return entry | spec.manifest_extra
 
 
-def generate_task(name: str, out_dir: str | Path, num_train: int, num_val: int, seed: int) -> dict:
-    """Write task ``name`` under ``out_dir/<name>/`` (train.jsonl, val.jsonl, media/), replacing
-    media an earlier run left there; -> its manifest entry (``tasks.json`` is not touched)."""
+def generate_task(
+    name: str, out_dir: str | Path, num_train: int, num_val: int, seed: int, num_pretrain: int = 0
+) -> dict:
+    """Write task ``name`` under ``out_dir/<name>/`` (train.jsonl, val.jsonl, pretrain.jsonl when
+    ``num_pretrain``, media/), replacing media and a pretrain split an earlier run left there;
+    -> its manifest entry (``tasks.json`` is not touched)."""
     spec = get_task(name)
-    for label, count in (("num_train", num_train), ("num_val", num_val)):
+    counts = (("num_train", num_train), ("num_val", num_val), ("num_pretrain", num_pretrain))
+    for label, count in counts:
         if not isinstance(count, int) or count < 0:
             raise ValueError(f"{label} must be a non-negative int, got {count!r}")
     task_dir = Path(out_dir) / name
@@ -120,8 +136,12 @@ def generate_task(name: str, out_dir: str | Path, num_train: int, num_val: int, 
             old.unlink()
     train_answers = _write_split(spec, task_dir, "train", num_train, seed, set())
     avoid = set(train_answers) if spec.disjoint_answers else set()
-    _write_split(spec, task_dir, "val", num_val, seed, avoid)
-    return manifest_entry(spec, num_train, num_val, seed)
+    val_answers = _write_split(spec, task_dir, "val", num_val, seed, avoid)
+    (task_dir / "pretrain.jsonl").unlink(missing_ok=True)
+    if num_pretrain:
+        avoid = set(val_answers) if spec.disjoint_answers else set()
+        _write_split(spec, task_dir, "pretrain", num_pretrain, seed, avoid)
+    return manifest_entry(spec, num_train, num_val, seed, num_pretrain)
 
 
 def write_manifest(out_dir: str | Path, entries: dict[str, dict]) -> Path:
@@ -134,7 +154,12 @@ def write_manifest(out_dir: str | Path, entries: dict[str, dict]) -> Path:
 
 
 def generate_suite(
-    out_dir: str | Path, names: list[str], num_train: int, num_val: int, seed: int
+    out_dir: str | Path,
+    names: list[str],
+    num_train: int,
+    num_val: int,
+    seed: int,
+    num_pretrain: int = 0,
 ) -> dict[str, float]:
     """Generate each named task and update the manifest; -> seconds taken per task."""
     for name in names:
@@ -143,7 +168,7 @@ def generate_suite(
     entries, seconds = {}, {}
     for name in names:
         start = time.perf_counter()
-        entries[name] = generate_task(name, out_dir, num_train, num_val, seed)
+        entries[name] = generate_task(name, out_dir, num_train, num_val, seed, num_pretrain)
         seconds[name] = time.perf_counter() - start
     write_manifest(out_dir, entries)
     return seconds

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from valora.tasks.common import TaskSpec, jitter_colour, noisy_background, to_uint8
+from valora.tasks.common import (
+    NUMBER_WORDS,
+    TaskSpec,
+    jitter_colour,
+    noisy_background,
+    to_uint8,
+)
 from valora.tasks.draw import PALETTE, SHAPES, mask_box, paint, place_apart, shape_mask
 
 COLOUR_SIZE = (56, 84)  # (height, width)
@@ -27,6 +33,19 @@ def _draw(params: dict, rng: np.random.Generator) -> np.ndarray:
         mask = shape_mask(shape, height, width, cx, cy, r)
         paint(image, mask, jitter_colour(rng, PALETTE[colour], 15))
     return to_uint8(image)
+
+
+def _caption(params: dict) -> str:
+    """'one red circle', 'four blue squares', or 'three shapes: a red circle, a green square and
+    a blue triangle' (objects in drawing order; no positions)."""
+    objects = params["objects"]
+    kinds = {(shape, colour) for shape, colour, *_ in objects}
+    count = NUMBER_WORDS[len(objects)]
+    if len(kinds) == 1:
+        shape, colour = kinds.pop()
+        return f"{count} {colour} {shape}{'s' if len(objects) > 1 else ''}"
+    parts = [f"a {colour} {shape}" for shape, colour, *_ in objects]
+    return f"{count} shapes: {', '.join(parts[:-1])} and {parts[-1]}"
 
 
 def _sample_colour(rng: np.random.Generator, stratum: str) -> tuple[str, dict]:
@@ -79,6 +98,7 @@ COLOUR = TaskSpec(
     strata=COLOUR_ANSWERS,
     sample=_sample_colour,
     render=_draw,
+    caption=_caption,
     answers=COLOUR_ANSWERS,
 )
 
@@ -91,6 +111,7 @@ COUNT = TaskSpec(
     strata=COUNTS,
     sample=_sample_count,
     render=_draw,
+    caption=_caption,
     answers=COUNTS,
 )
 
@@ -104,6 +125,7 @@ GROUNDING = TaskSpec(
     strata=NUM_OBJECTS,
     sample=_sample_grounding,
     render=_draw,
+    caption=_caption,
     manifest_extra={
         "future_metrics": ["iou"],
         "notes": "box IoU scoring is future work; exact match of the box string for now",

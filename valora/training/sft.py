@@ -78,10 +78,10 @@ def train_lora(
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # the LoRA A matrices' initialisation
     model = load_base_model(model_dir, cfg, device)
-    collate_fn = _batch_encoder(model_dir, model.config, cfg)
+    collate_fn = processor_batch_encoder(model_dir, model.config, cfg)
     model = attach_lora(model, cfg)
     plan = StepPlan(len(records), cfg.batch_size, cfg.grad_accum, cfg.epochs)
-    optimizer, scheduler = _optimizer(model, cfg, plan.total_steps)
+    optimizer, scheduler = make_optimizer(model, cfg, plan.total_steps)
     meta = {"config": cfg.trajectory(), "num_examples": len(records)}
     start = 0
     if checkpoints:  # resume
@@ -102,15 +102,15 @@ def train_lora(
     )
 
 
-def _batch_encoder(model_dir: str | Path, model_config, cfg: SFTConfig) -> EncodeBatch:
+def processor_batch_encoder(model_dir: str | Path, model_config, cfg: SFTConfig) -> EncodeBatch:
     """The DataLoader collate function: the checkpoint's tokenizer and processor settings
     (with ``cfg.mm_processor_kwargs`` on top), as the engine uses them."""
     image_cfg, video_cfg = load_processor_configs(model_dir, dict(cfg.mm_processor_kwargs or {}))
     return EncodeBatch(model_dir, model_config, image_cfg, video_cfg)
 
 
-def _optimizer(model, cfg: SFTConfig, total_steps: int):
-    """AdamW over the LoRA parameters, and the learning-rate schedule."""
+def make_optimizer(model, cfg: SFTConfig, total_steps: int):
+    """AdamW over the trainable parameters, and the learning-rate schedule."""
     from transformers import get_scheduler
 
     params = [p for p in model.parameters() if p.requires_grad]
