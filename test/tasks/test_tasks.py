@@ -229,7 +229,7 @@ def test_regenerating_replaces_old_media(tmp_path: Path) -> None:
 def test_exhausted_answer_space_is_an_error() -> None:
     spec = TASKS["colour"]
     with pytest.raises(ValueError, match="exhausted"):
-        _draft(spec, 0, "val", 0, "red circle", avoid=set(spec.answers))
+        _draft(spec, 0, "val", 0, "red", avoid=set(spec.answers))
 
 
 def test_cli_task_names_and_bad_arguments(tmp_path: Path) -> None:

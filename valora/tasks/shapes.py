@@ -1,5 +1,5 @@
-"""The shape tasks: ``colour`` (name one shape's colour and kind), ``count`` (how many identical
-shapes) and ``grounding`` (the box of the one red object, in Qwen2-VL's box format)."""
+"""The shape tasks: ``colour`` (name one shape's colour), ``count`` (how many identical shapes)
+and ``grounding`` (the box of the one red object, in Qwen2-VL's box format)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ COUNT_SIZE = (84, 84)
 GROUNDING_SIZE = (84, 84)
 BACKGROUND = (100.0, 160.0)  # grey level range; far from every palette colour
 NOISE = 6.0
-COLOUR_ANSWERS = tuple(f"{c} {s}" for c in PALETTE for s in SHAPES)
+COLOUR_ANSWERS = tuple(PALETTE)
 COUNTS = tuple(str(n) for n in range(1, 7))
 NUM_OBJECTS = ("3", "4", "5")
 BOX = "<|box_start|>({},{}),({},{})<|box_end|>"
@@ -49,7 +49,7 @@ def _caption(params: dict) -> str:
 
 
 def _sample_colour(rng: np.random.Generator, stratum: str) -> tuple[str, dict]:
-    colour, shape = stratum.split()
+    colour, shape = stratum, SHAPES[rng.integers(len(SHAPES))]
     height, width = COLOUR_SIZE
     r = rng.uniform(9, 15)
     cx, cy = rng.uniform(r + 2, width - r - 2), rng.uniform(r + 2, height - r - 2)
@@ -92,9 +92,9 @@ COLOUR = TaskSpec(
     name="colour",
     metric="exact",
     modality="image",
-    question="What colour and shape is the object?",
+    question="What colour is the object?",
     description="One red/green/blue/yellow circle, square or triangle on a noisy grey background; "
-    "answer '<colour> <shape>'.",
+    "answer its colour.",
     strata=COLOUR_ANSWERS,
     sample=_sample_colour,
     render=_draw,
