@@ -37,31 +37,28 @@ class Scripted:
 
 
 def test_the_order_groups_modalities_and_puts_strict_floors_first():
-    assert [t.name for t in fusion_order(TASKS)] == ["latex", "colour", "count", "ocr", "action"]
+    # latex's BLEU floor of 30 is 0.3 of its scale: less strict than ocr's 0.5
+    assert [t.name for t in fusion_order(TASKS)] == ["colour", "count", "ocr", "latex", "action"]
 
 
 def test_compatible_tasks_share_one_adapter(tmp_path):
     s = Scripted({})
     plan = fuse(TASKS, s.train, s.evaluate, tmp_path)
-    assert [a.tasks for a in plan.adapters] == [["latex", "colour", "count", "ocr", "action"]]
+    assert [a.tasks for a in plan.adapters] == [["colour", "count", "ocr", "latex", "action"]]
     assert plan.unmet() == [] and plan.trainings == 5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter-0"]  # attempts cleaned up
     assert json.loads((tmp_path / "adapter-0" / "tasks.json").read_text())[-1] == "action"
 
 
 def test_a_fusion_that_breaks_a_floor_is_rolled_back(tmp_path):
-    s = Scripted({"colour": {"ocr"}, "action": {"latex"}})
+    s = Scripted({"colour": {"ocr"}, "action": {"count"}})
     plan = fuse(TASKS, s.train, s.evaluate, tmp_path)
     # ocr would pull colour below its floor: rolled back, ocr opens adapter 1; action clashes
-    # with latex (adapter 0) but joins adapter 1, the current one
-    assert [a.tasks for a in plan.adapters] == [["latex", "colour", "count"], ["ocr", "action"]]
+    # with count (adapter 0) but joins adapter 1, the current one
+    assert [a.tasks for a in plan.adapters] == [["colour", "count"], ["ocr", "latex", "action"]]
     assert plan.unmet() == []
     # the kept adapter 0 is the one trained before the rolled-back fusion
-    assert json.loads((tmp_path / "adapter-0" / "tasks.json").read_text()) == [
-        "latex",
-        "colour",
-        "count",
-    ]
+    assert json.loads((tmp_path / "adapter-0" / "tasks.json").read_text()) == ["colour", "count"]
     m = manifest(plan, TASKS)
     assert m["num_adapters"] == 2 and m["one_adapter_per_task"] == 5
     assert m["tasks"]["ocr"]["adapter"] == "fused1" and all(t["met"] for t in m["tasks"].values())

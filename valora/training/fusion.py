@@ -9,9 +9,10 @@ A task that misses its floor even alone keeps an adapter of its own and is repor
 
 Order heuristic (the paper notes the order matters): tasks of the same modality are visited
 together (images, then videos: their knowledge is closer, so fusions within a group succeed more
-often), and within a group the strictest floors first, so a strict task opens an adapter and
-looser tasks join it; ties by name. Training and evaluation are injected (``train`` and
-``evaluate``), so the search is independent of how adapters are trained or scored.
+often), and within a group the strictest floors first (as a fraction of the metric's scale), so a
+strict task opens an adapter and looser tasks join it; ties by name. Training and evaluation are
+injected (``train`` and ``evaluate``), so the search is independent of how adapters are trained
+or scored.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ class FusionTask:
     floor: float  # the task's accuracy requirement, in its metric's units
     metric: str = "exact"
     modality: str = "image"
+
+
+METRIC_FULL_SCALE = {"bleu": 100.0}  # sacrebleu's corpus BLEU; exact and edit are 0-1
 
 
 @dataclass
@@ -56,9 +60,15 @@ Evaluate = Callable[[Path, str], float]
 
 
 def fusion_order(tasks: Sequence[FusionTask]) -> list[FusionTask]:
-    """Same-modality tasks together (images first), strictest floor first, then by name."""
+    """Same-modality tasks together (images first), strictest floor first (as a fraction of the
+    metric's full scale: BLEU is 0-100, the others 0-1), then by name."""
     modality_rank = {"image": 0, "video": 1}
-    return sorted(tasks, key=lambda t: (modality_rank.get(t.modality, 2), -t.floor, t.name))
+
+    def key(task: FusionTask) -> tuple:
+        strictness = task.floor / METRIC_FULL_SCALE.get(task.metric, 1.0)
+        return modality_rank.get(task.modality, 2), -strictness, task.name
+
+    return sorted(tasks, key=key)
 
 
 def fuse(tasks: Sequence[FusionTask], train: Train, evaluate: Evaluate, out: Path) -> FusionPlan:
