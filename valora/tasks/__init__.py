@@ -1,7 +1,7 @@
 """A reproducible, self-contained vision task suite: procedural datasets made from a seed.
 
 Tasks (``TASKS``): ``colour``, ``count``, ``grounding``, ``ocr_digits``, ``latex_ocr`` (images)
-and ``action`` (video). Generate them with::
+and ``action``, ``clip_colour`` (videos). Generate them with::
 
     python -m valora.tasks --out DIR --tasks all --train 200 --val 50 --seed 0
 

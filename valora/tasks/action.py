@@ -1,5 +1,6 @@
-"""The ``action`` video task: a square moving left, right, up or down over a noisy background,
-and the mp4 writer (PyAV, mpeg4, yuv420p) the generator saves clips with."""
+"""The video tasks on one scene, a square moving left, right, up or down over a noisy background:
+``action`` (which way it moves) and ``clip_colour`` (its colour); and the mp4 writer (PyAV,
+mpeg4, yuv420p) the generator saves clips with."""
 
 from __future__ import annotations
 
@@ -16,19 +17,29 @@ FRAME_RATE = 4
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 
-def _sample(rng: np.random.Generator, stratum: str) -> tuple[str, dict]:
-    """Side, speed and a start that keeps the square wholly inside every frame."""
+def _scene(rng: np.random.Generator, direction: str, colour: str | None = None) -> dict:
+    """Side, speed and a start that keep the square wholly inside every frame; a random colour
+    unless given."""
     height, width = ACTION_SIZE
     side = int(rng.integers(8, 13))
     speed = rng.uniform(2.0, 4.0)  # pixels per frame
     travel = speed * (NUM_FRAMES - 1)
-    dx, dy = DIRECTIONS[stratum]
+    dx, dy = DIRECTIONS[direction]
     lo_x, hi_x = max(0, -dx * travel), width - side - max(0, dx * travel)
     lo_y, hi_y = max(0, -dy * travel), height - side - max(0, dy * travel)
     start = (rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y))
-    colour = list(PALETTE)[rng.integers(len(PALETTE))]
-    params = {"side": side, "speed": speed, "start": start, "step": (dx, dy), "colour": colour}
-    return stratum, params
+    if colour is None:
+        colour = list(PALETTE)[rng.integers(len(PALETTE))]
+    return {"side": side, "speed": speed, "start": start, "step": (dx, dy), "colour": colour}
+
+
+def _sample(rng: np.random.Generator, stratum: str) -> tuple[str, dict]:
+    return stratum, _scene(rng, stratum)
+
+
+def _sample_clip_colour(rng: np.random.Generator, stratum: str) -> tuple[str, dict]:
+    direction = list(DIRECTIONS)[rng.integers(len(DIRECTIONS))]
+    return stratum, _scene(rng, direction, colour=stratum)
 
 
 def _render(params: dict, rng: np.random.Generator) -> np.ndarray:
@@ -77,4 +88,18 @@ ACTION = TaskSpec(
     render=_render,
     caption=_caption,
     answers=tuple(DIRECTIONS),
+)
+
+CLIP_COLOUR = TaskSpec(
+    name="clip_colour",
+    metric="exact",
+    modality="video",
+    question="What colour is the moving square?",
+    description=f"The action task's clips ({NUM_FRAMES} frames, {FRAME_RATE} fps), the square "
+    "moving any way; answer its colour (red, green, blue or yellow).",
+    strata=tuple(PALETTE),
+    sample=_sample_clip_colour,
+    render=_render,
+    caption=_caption,
+    answers=tuple(PALETTE),
 )

@@ -51,8 +51,8 @@ def _render(params: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def _caption(params: dict) -> str:
-    """'the digits 4 8 1 2': the digits spelled apart, not the task's answer string."""
-    return "the digits " + " ".join(params["text"])
+    """'the number 4812'."""
+    return f"the number {params['text']}"
 
 
 OCR_DIGITS = TaskSpec(

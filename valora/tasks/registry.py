@@ -22,14 +22,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from valora.tasks.action import ACTION, write_mp4
+from valora.tasks.action import ACTION, CLIP_COLOUR, write_mp4
 from valora.tasks.common import DESCRIBE, TaskSpec, balanced_strata, example_rng
 from valora.tasks.latex import LATEX_OCR
 from valora.tasks.ocr import OCR_DIGITS
 from valora.tasks.shapes import COLOUR, COUNT, GROUNDING
 
 TASKS: dict[str, TaskSpec] = {
-    spec.name: spec for spec in (COLOUR, COUNT, GROUNDING, OCR_DIGITS, LATEX_OCR, ACTION)
+    spec.name: spec
+    for spec in (COLOUR, COUNT, GROUNDING, OCR_DIGITS, LATEX_OCR, ACTION, CLIP_COLOUR)
 }
 MANIFEST = "tasks.json"
 MAX_REDRAWS = 1000  # val draws per example before giving up on a fresh answer

@@ -36,14 +36,16 @@ def _draw(params: dict, rng: np.random.Generator) -> np.ndarray:
 
 
 def _caption(params: dict) -> str:
-    """'one red circle', 'four blue squares', or 'three shapes: a red circle, a green square and
-    a blue triangle' (objects in drawing order; no positions)."""
+    """'red circle' (one object), 'four blue squares', or 'three shapes: a red circle, a green
+    square and a blue triangle' (objects in drawing order; no positions)."""
     objects = params["objects"]
     kinds = {(shape, colour) for shape, colour, *_ in objects}
     count = NUMBER_WORDS[len(objects)]
+    if len(objects) == 1:
+        return "{1} {0}".format(*objects[0])
     if len(kinds) == 1:
         shape, colour = kinds.pop()
-        return f"{count} {colour} {shape}{'s' if len(objects) > 1 else ''}"
+        return f"{count} {colour} {shape}s"
     parts = [f"a {colour} {shape}" for shape, colour, *_ in objects]
     return f"{count} shapes: {', '.join(parts[:-1])} and {parts[-1]}"
 

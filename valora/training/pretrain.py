@@ -7,6 +7,10 @@ colours, shapes, digits and motion, and the language model learns to talk about 
 sees a task's question or answer format, so the adapters still have each task to learn. The loop,
 batching and answer-only loss are the SFT run's (``SFTLoop``); there are no checkpoints and no
 resume (a pre-training run on the CPU takes minutes).
+
+Only the tokens the captions use get trained rows in the embedding table and the LM head; an
+adapter on a small pre-trained base can hardly make it emit a token the captions never used (a
+released base has trained every row), so captions are worded in the answers' vocabulary.
 """
 
 from __future__ import annotations

@@ -2,16 +2,15 @@
 --out DIR`` writes transformers' ``Qwen2VLForConditionalGeneration`` at the ``tiny`` setting's
 dimensions with seeded random weights, in the released checkpoint layout.
 
-Two kinds:
-
 - ``--pretrain TASKS_DIR``: transformers' own initialisation, then caption pre-training of every
   weight on the suite's ``pretrain`` split (``valora.training.pretrain``; ``python -m
   valora.tasks --pretrain N`` writes it). The base learns to see and describe the suite's scenes
-  but never sees a task question or answer format, as a released base has never seen the
+  but never sees a task's question or answer format, as a released base has never seen its
   adapters' tasks.
 - without it: untrained, with token embeddings and the LM head drawn at unit scale. At the
-  default initialisation (std 0.02) a 64-wide model's logits span a few units over a 151,936-token
-  vocabulary, so no LoRA adapter could move the greedy answer; at unit scale one can.
+  default initialisation (std 0.02) an untrained 64-wide model's logits span a few units over a
+  151,936-token vocabulary, so no LoRA adapter could move the greedy answer; at unit scale one
+  can (single-token answers, such as colour names, are then learnable).
 """
 
 from __future__ import annotations
