@@ -108,6 +108,7 @@ class ModelConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        check_architecture(d)
         text = {**_TEXT_DEFAULTS, **d, **(d.get("text_config") or {})}
         rope = text.get("rope_parameters") or text.get("rope_scaling") or {}
         rope_type = rope.get("rope_type", rope.get("type", "mrope"))
@@ -173,6 +174,25 @@ class ModelConfig:
         if "quantization_config" not in d and legacy.is_file():
             d["quantization_config"] = json.loads(legacy.read_text())
         return cls.from_hf_dict(d)
+
+
+SUPPORTED_ARCHITECTURES = ("Qwen2VLForConditionalGeneration",)
+SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_vl_text")  # the second: flat-layout config.json
+
+
+def check_architecture(d: dict[str, Any]) -> None:
+    """``ValueError`` naming the supported architectures when a config.json declares another one
+    (by ``architectures`` or ``model_type``; a config that declares neither is taken as
+    Qwen2-VL), before any of its fields is read."""
+    architectures = list(d.get("architectures") or [])
+    model_type = d.get("model_type")
+    unknown = [a for a in architectures if a not in SUPPORTED_ARCHITECTURES]
+    if unknown or (model_type is not None and model_type not in SUPPORTED_MODEL_TYPES):
+        declared = ", ".join(unknown) or f"model_type {model_type!r}"
+        raise ValueError(
+            f"unsupported architecture {declared}: this engine serves "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)} (model_type {', '.join(SUPPORTED_MODEL_TYPES)})"
+        )
 
 
 def _eos_ids(eos: int | list[int] | None) -> tuple[int, ...]:

@@ -142,3 +142,30 @@ def test_bad_configs_are_rejected():
         ModelConfig.from_hf_dict(bad)
     with pytest.raises(ValueError, match="unknown model setting"):
         ModelConfig.from_setting("qwen2-vl-999b")
+
+
+@pytest.mark.parametrize(
+    "declared",
+    [
+        {"architectures": ["Qwen2_5_VLForConditionalGeneration"], "model_type": "qwen2_5_vl"},
+        {"architectures": ["LlamaForCausalLM"]},
+        {"model_type": "llava"},
+    ],
+)
+def test_other_architectures_are_refused_by_name(declared, tmp_path):
+    """A config.json of another architecture is refused naming what is served, before any of
+    its fields is read (Qwen2.5-VL used to fail on a vision hidden-size check)."""
+    config = setting_dict("tiny") | declared
+    with pytest.raises(
+        ValueError, match="unsupported architecture .*Qwen2VLForConditionalGeneration"
+    ):
+        ModelConfig.from_hf_dict(config)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="unsupported architecture"):
+        ModelConfig.from_path(tmp_path)
+
+
+def test_configs_without_an_architecture_are_taken_as_qwen2_vl():
+    config = setting_dict("tiny")
+    config.pop("architectures")
+    assert ModelConfig.from_hf_dict(config) == ModelConfig.from_setting("tiny")
