@@ -26,7 +26,8 @@ done
 
 mapping=$(jq -r '.tasks | to_entries | map("\(.key)=\(.value.adapter)") | join(" ")' fused/manifest.json)
 adapters=$(jq -r '[.adapters[].name] | join(" ")' fused/manifest.json)
+tasks=$(jq -r '.tasks | keys | join(" ")' fused/manifest.json)
 valora-eval --data tasks --split val --server "http://127.0.0.1:$port" --no-tqdm \
-    --adapters base $adapters --task-adapter $mapping --out eval.json
+    --tasks $tasks --adapters base $adapters --task-adapter $mapping --out eval.json
 python "$repo/draw/eval_tasks.py" eval.json --out eval_tasks.png
 jq '{num_adapters, one_adapter_per_task, tasks}' fused/manifest.json
