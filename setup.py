@@ -61,6 +61,8 @@ setup(
             "sacrebleu>=2.4",
             "rapidfuzz>=3.0",
             "bitsandbytes>=0.45",
+            # compressed-tensors checkpoints (llm-compressor's format): its own pack / unpack
+            "compressed-tensors>=0.10",
             # lint and formatting (CI runs ruff check and ruff format --check)
             "ruff==0.17.6",  # pinned: formatting output changes between releases
         ],

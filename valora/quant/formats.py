@@ -1,4 +1,5 @@
-"""GPTQ and AWQ checkpoint tensors <-> the canonical ``QuantizedWeight``, and their configs.
+"""GPTQ, AWQ and compressed-tensors checkpoint tensors <-> the canonical ``QuantizedWeight``, and
+their configs.
 
 GPTQ (AutoGPTQ / GPTQModel / optimum), per linear with W [N, K] and pack = 32 // bits:
 
@@ -16,6 +17,19 @@ AWQ (AutoAWQ, version "gemm"), 4-bit only:
     qweight [K, N / 8] int32      packed along N with an interleave: the nibble in slot s
     qzeros  [G, N / 8] int32      (bits 4s..4s+3) holds column 8c + AWQ_ORDER[s], so column
     scales  [G, N] fp16           8c + j sits in slot AWQ_REVERSE_ORDER[j]; zeros are z itself
+
+compressed-tensors ``pack-quantized`` (llm-compressor), per linear with W [N, K]:
+
+    weight_packed      [N, ceil(K * bits / 32)] int32  signed codes q + 2^(bits-1), packed along
+                                                       K, low bits first (the library's
+                                                       ``pack_to_int32``)
+    weight_scale       [N, G]                          G = 1 (channel) or K / group_size (group)
+    weight_zero_point  [ceil(N * bits / 32), G] int32  asymmetric only: signed zero points packed
+                                                       along N (``packed_dim=0``); absent: 0
+    weight_shape       [2]                             (N, K)
+
+    W[n, k] = (q[n, k] - zp[n, g(k)]) * scale[n, g(k)], q and zp signed; in the canonical form
+    the stored unsigned code is q + 2^(bits-1), so z = zp + 2^(bits-1).
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ __all__ = [
     "AWQ_REVERSE_ORDER",
     "QuantSpec",
     "from_awq",
+    "from_compressed_tensors",
     "from_gptq",
     "parse_quant_config",
     "to_awq",
@@ -274,3 +289,40 @@ def parse_quant_config(d: dict[str, Any]) -> QuantSpec:
         f"quantization method {method!r} is not supported: "
         "only GPTQ ('gptq') and AWQ ('awq', version 'gemm') checkpoints"
     )
+
+
+def from_compressed_tensors(
+    weight_packed: torch.Tensor,
+    weight_scale: torch.Tensor,
+    weight_shape: torch.Tensor,
+    bits: int,
+    group_size: int | None,
+    weight_zero_point: torch.Tensor | None = None,
+) -> QuantizedWeight:
+    """compressed-tensors ``pack-quantized`` tensors (layout in the module docstring) ->
+    canonical. Unpacking is the library's own ``unpack_from_int32``; ``group_size`` None means
+    one group per channel."""
+    from compressed_tensors.compressors.pack_quantized.helpers import unpack_from_int32
+
+    n, k = (int(v) for v in weight_shape.tolist())
+    pack = 32 // bits
+    if k % pack:
+        raise ValueError(f"in_features {k} is not a multiple of {pack} ({bits}-bit packing)")
+    offset = 1 << (bits - 1)
+    signed = unpack_from_int32(weight_packed, bits, torch.Size((n, k)))  # [N, K] int8
+    codes = signed.to(torch.int32) + offset  # [N, K] in 0 .. 2^bits - 1
+    num_groups = weight_scale.shape[1]
+    zeros = torch.full((num_groups, n), offset, dtype=torch.int32, device=codes.device)
+    if weight_zero_point is not None:
+        zp = unpack_from_int32(weight_zero_point, bits, torch.Size((n, num_groups)), packed_dim=0)
+        zeros = zp.to(torch.int32).t().contiguous() + offset  # [G, N]
+    out = QuantizedWeight(
+        qweight=pack_rows(codes.t().contiguous(), bits),  # [K / pack, N]
+        scales=weight_scale.t().contiguous(),  # [G, N]
+        zeros=zeros,
+        g_idx=None,
+        bits=bits,
+        group_size=_resolve_group_size(group_size or -1, k),
+    )
+    out.validate()
+    return out
