@@ -192,8 +192,9 @@ def to_awq(w: QuantizedWeight) -> dict[str, torch.Tensor]:
 class QuantSpec:
     """What a checkpoint's quantization config says. ``group_size`` -1: one group over all of K.
 
-    ``checkpoint_format``: "gptq" / "gptq_v2" for GPTQ, "gemm" for AWQ. ``modules_to_not_convert``:
-    name substrings of linears left unquantized (AWQ; empty for GPTQ).
+    ``checkpoint_format``: "gptq" / "gptq_v2" for GPTQ, "gemm" for AWQ, "pack-quantized" for
+    compressed-tensors. ``modules_to_not_convert``: name substrings of linears left unquantized
+    (AWQ; compressed-tensors' ``ignore`` list; empty for GPTQ).
     """
 
     method: str
@@ -285,9 +286,57 @@ def parse_quant_config(d: dict[str, Any]) -> QuantSpec:
         return _parse_gptq(d)
     if method == "awq":
         return _parse_awq(d)
+    if method == "compressed-tensors":
+        return _parse_compressed_tensors(d)
     raise ValueError(
-        f"quantization method {method!r} is not supported: "
-        "only GPTQ ('gptq') and AWQ ('awq', version 'gemm') checkpoints"
+        f"quantization method {method!r} is not supported: only GPTQ ('gptq'), AWQ ('awq', "
+        "version 'gemm') and compressed-tensors ('pack-quantized') checkpoints"
+    )
+
+
+CT_FORMATS = ("pack-quantized",)
+CT_STRATEGIES = ("group", "channel")
+
+
+def _parse_compressed_tensors(d: dict[str, Any]) -> QuantSpec:
+    """compressed-tensors weight-only int4 / int8 (``pack-quantized``, one config group)."""
+    groups = list((d.get("config_groups") or {}).values())
+    if len(groups) != 1:
+        raise ValueError(
+            f"compressed-tensors checkpoints with {len(groups)} config groups are not supported: "
+            "one scheme for every quantized linear"
+        )
+    group = groups[0]
+    fmt = str(group.get("format") or d.get("format") or "").lower()
+    if fmt not in CT_FORMATS:
+        raise ValueError(
+            f"compressed-tensors format {fmt!r} is not supported yet: only {CT_FORMATS} "
+            "(weight-only int4 / int8)"
+        )
+    if group.get("input_activations") or group.get("output_activations"):
+        raise ValueError("compressed-tensors activation quantization is not supported yet")
+    if d.get("sparsity_config"):
+        raise ValueError(
+            "compressed-tensors sparse checkpoints (sparsity_config) are not supported"
+        )
+    weights = group.get("weights") or {}
+    bits, strategy = int(weights.get("num_bits", 0)), str(weights.get("strategy")).lower()
+    if weights.get("type", "int") != "int" or bits not in (4, 8):
+        raise ValueError(f"compressed-tensors weights {weights}: int4 or int8 only")
+    if strategy not in CT_STRATEGIES or weights.get("actorder") or weights.get("dynamic"):
+        raise ValueError(
+            f"compressed-tensors weight strategy {strategy!r} (actorder "
+            f"{weights.get('actorder')!r}) is not supported: {CT_STRATEGIES}, no actorder"
+        )
+    group_size = weights.get("group_size") if strategy == "group" else -1
+    return QuantSpec(
+        method="compressed-tensors",
+        bits=bits,
+        group_size=_group_size_field(group_size),
+        sym=bool(weights.get("symmetric", True)),
+        desc_act=False,
+        checkpoint_format=fmt,
+        modules_to_not_convert=list(d.get("ignore") or []),
     )
 
 

@@ -1,6 +1,8 @@
-"""GPTQ / AWQ checkpoints: their packed language-model linears -> ``QuantLinear``s.
+"""GPTQ / AWQ / compressed-tensors checkpoints: their packed language-model linears ->
+``QuantLinear``s.
 
-The checkpoint's per-projection tensors (``q_proj.qweight`` ...) are converted to the canonical
+The checkpoint's per-projection tensors (``q_proj.qweight`` or ``q_proj.weight_packed`` ...) are
+converted to the canonical
 layout (``valora.quant.formats``) and stacked along N into our fused modules (q|k|v, gate|up),
 which needs the stacked pieces to share their grouping (act-order pieces of one input share
 ``g_idx``: they were quantized against the same inputs). Everything else, biases included, is
@@ -16,11 +18,18 @@ import torch
 from safetensors import safe_open
 
 from valora.quant.convert import PIECES_OF, lm_linears, replace_module
-from valora.quant.formats import QuantSpec, from_awq, from_gptq, parse_quant_config
+from valora.quant.formats import (
+    QuantSpec,
+    from_awq,
+    from_compressed_tensors,
+    from_gptq,
+    parse_quant_config,
+)
 from valora.quant.linear import QuantLinear
 from valora.quant.types import QuantizedWeight
 
-PACKED = (".qweight", ".qzeros", ".scales", ".g_idx")
+PACKED = (".qweight", ".qzeros", ".scales", ".g_idx")  # GPTQ, AWQ
+CT_PACKED = (".weight_packed", ".weight_scale", ".weight_zero_point", ".weight_shape")
 
 
 def install_quantized_linears(model, path: str | Path, config: dict) -> Callable[[str], bool]:
@@ -29,24 +38,25 @@ def install_quantized_linears(model, path: str | Path, config: dict) -> Callable
     from valora.weights import canonical_name, checkpoint_files
 
     spec = parse_quant_config(config)
+    suffixes = CT_PACKED if spec.method == "compressed-tensors" else PACKED
     tensors: dict[str, torch.Tensor] = {}
     for file in checkpoint_files(path):
         with safe_open(str(file), framework="pt", device="cpu") as shard:
             for raw in shard.keys():
-                if raw.endswith(PACKED):
+                if raw.endswith(suffixes):
                     tensors[canonical_name(raw)] = shard.get_tensor(raw)
     for module_path, linear in list(lm_linears(model)):
         parent, _, fused = module_path.rpartition(".")
         names = [f"{parent}.{piece}" for piece in PIECES_OF[fused]]
-        if not all(f"{n}.qweight" in tensors for n in names):
-            continue  # kept dense by the checkpoint (modules_to_not_convert)
+        if not all(f"{n}{suffixes[0]}" in tensors for n in names):
+            continue  # kept dense by the checkpoint (modules_to_not_convert, ignore)
         weight = stack([convert(tensors, n, spec) for n in names], module_path)
         device, dtype = linear.weight.device, linear.weight.dtype
         bias = None if linear.bias is None else linear.bias.detach()
         replace_module(
             model, module_path, QuantLinear(weight.to(device), linear.output_sizes, bias, dtype)
         )
-    return lambda name: name.endswith(PACKED)
+    return lambda name: name.endswith(suffixes)
 
 
 def convert(tensors: dict, name: str, spec: QuantSpec) -> QuantizedWeight:
@@ -57,6 +67,15 @@ def convert(tensors: dict, name: str, spec: QuantSpec) -> QuantizedWeight:
 
     if spec.method == "awq":
         return from_awq(get(".qweight"), get(".qzeros"), get(".scales"), spec.bits, spec.group_size)
+    if spec.method == "compressed-tensors":
+        return from_compressed_tensors(
+            get(".weight_packed"),
+            get(".weight_scale"),
+            get(".weight_shape"),
+            spec.bits,
+            None if spec.group_size == -1 else spec.group_size,
+            tensors.get(f"{name}.weight_zero_point"),
+        )
     g_idx = tensors.get(f"{name}.g_idx")
     return from_gptq(
         get(".qweight"),
