@@ -67,6 +67,8 @@ setup(
             "ruff==0.17.6",  # pinned: formatting output changes between releases
         ],
         "draw": ["matplotlib>=3.7"],
+        # loading compressed-tensors (llm-compressor) checkpoints
+        "quant": ["compressed-tensors>=0.10"],
         # benchmarks/run_exp.py (trace replay client) and exp_suite.py's servers
         "bench": [
             "httpx>=0.25",

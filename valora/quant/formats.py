@@ -298,45 +298,63 @@ CT_FORMATS = ("pack-quantized",)
 CT_STRATEGIES = ("group", "channel")
 
 
+def _ct_config(d: dict[str, Any]):
+    """The library's own validated ``QuantizationConfig``; its errors become ValueErrors."""
+    try:
+        from compressed_tensors.quantization import QuantizationConfig
+    except ImportError:
+        raise ValueError(
+            "compressed-tensors checkpoints need the compressed-tensors package: "
+            "pip install 'valora[quant]'"
+        ) from None
+    from pydantic import ValidationError
+
+    try:
+        return QuantizationConfig.model_validate(d)
+    except ValidationError as error:
+        raise ValueError(f"invalid compressed-tensors quantization_config: {error}") from None
+
+
 def _parse_compressed_tensors(d: dict[str, Any]) -> QuantSpec:
-    """compressed-tensors weight-only int4 / int8 (``pack-quantized``, one config group)."""
-    groups = list((d.get("config_groups") or {}).values())
+    """compressed-tensors weight-only int4 / int8 (``pack-quantized``, one config group); the
+    metadata is read by the library (``QuantizationConfig``)."""
+    if d.get("sparsity_config"):
+        raise ValueError(
+            "compressed-tensors sparse checkpoints (sparsity_config) are not supported"
+        )
+    config = _ct_config(d)
+    groups = list((config.config_groups or {}).values())
     if len(groups) != 1:
         raise ValueError(
             f"compressed-tensors checkpoints with {len(groups)} config groups are not supported: "
             "one scheme for every quantized linear"
         )
-    group = groups[0]
-    fmt = str(group.get("format") or d.get("format") or "").lower()
+    scheme = groups[0]
+    fmt = str(scheme.format or config.format or "").lower()
     if fmt not in CT_FORMATS:
         raise ValueError(
             f"compressed-tensors format {fmt!r} is not supported yet: only {CT_FORMATS} "
             "(weight-only int4 / int8)"
         )
-    if group.get("input_activations") or group.get("output_activations"):
+    if scheme.input_activations is not None or scheme.output_activations is not None:
         raise ValueError("compressed-tensors activation quantization is not supported yet")
-    if d.get("sparsity_config"):
-        raise ValueError(
-            "compressed-tensors sparse checkpoints (sparsity_config) are not supported"
-        )
-    weights = group.get("weights") or {}
-    bits, strategy = int(weights.get("num_bits", 0)), str(weights.get("strategy")).lower()
-    if weights.get("type", "int") != "int" or bits not in (4, 8):
+    weights = scheme.weights
+    strategy = str(getattr(weights.strategy, "value", weights.strategy)).lower()
+    if str(getattr(weights.type, "value", weights.type)) != "int" or weights.num_bits not in (4, 8):
         raise ValueError(f"compressed-tensors weights {weights}: int4 or int8 only")
-    if strategy not in CT_STRATEGIES or weights.get("actorder") or weights.get("dynamic"):
+    if strategy not in CT_STRATEGIES or weights.actorder or weights.dynamic:
         raise ValueError(
-            f"compressed-tensors weight strategy {strategy!r} (actorder "
-            f"{weights.get('actorder')!r}) is not supported: {CT_STRATEGIES}, no actorder"
+            f"compressed-tensors weight strategy {strategy!r} (actorder {weights.actorder!r}) "
+            f"is not supported: {CT_STRATEGIES}, no actorder"
         )
-    group_size = weights.get("group_size") if strategy == "group" else -1
     return QuantSpec(
         method="compressed-tensors",
-        bits=bits,
-        group_size=_group_size_field(group_size),
-        sym=bool(weights.get("symmetric", True)),
+        bits=weights.num_bits,
+        group_size=_group_size_field(weights.group_size if strategy == "group" else -1),
+        sym=bool(weights.symmetric),
         desc_act=False,
         checkpoint_format=fmt,
-        modules_to_not_convert=list(d.get("ignore") or []),
+        modules_to_not_convert=list(config.ignore or []),
     )
 
 
