@@ -146,12 +146,16 @@ def load_checkpoint(
     model: Qwen2VLForConditionalGeneration,
     path: str | Path,
     skip: Callable[[str], bool] | None = None,
+    preloaded: dict[str, torch.Tensor] | None = None,
 ) -> None:
     """Copy every tensor of the checkpoint into ``model``; any missing, unexpected or mis-shaped
     tensor raises one ``ValueError`` that names each problem and the expected shape. ``skip``:
-    tensor names someone else loads (a quantized checkpoint's packed tensors)."""
+    tensor names someone else loads (a quantized checkpoint's packed tensors). ``preloaded``:
+    {checkpoint name: tensor} used instead of the file's tensor of that name (weights dequantized
+    on load)."""
     targets = checkpoint_targets(model)
     loaded: set[str] = set()
+    preloaded = preloaded or {}
     problems: list[str] = []
     for file in tqdm(checkpoint_files(path), desc="loading weights", unit="shard", leave=False):
         with safe_open(str(file), framework="pt", device="cpu") as shard:
@@ -165,7 +169,8 @@ def load_checkpoint(
                 if target is None:
                     problems.append(f"unexpected tensor {raw_name!r} in {file.name}")
                     continue
-                tensor = shard.get_tensor(raw_name)
+                tensor = preloaded.get(raw_name)
+                tensor = shard.get_tensor(raw_name) if tensor is None else tensor
                 if tuple(tensor.shape) != target.shape:
                     problems.append(
                         f"tensor {raw_name!r} has shape {tuple(tensor.shape)}, "

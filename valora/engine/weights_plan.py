@@ -1,10 +1,11 @@
 """What the engine's weights will be, decided once before anything is loaded: the model
 config, and the *effective* quantization of the language model's linears.
 
-Two sources can ask for quantization: the checkpoint (its ``quantization_config``: GPTQ / AWQ
-packed weights) and the ``quantization`` option (RTN of whatever is loaded; the dummy quantized
-weights of the named settings). They must agree: a 4-bit checkpoint asked to load as w8a16 is an
-error, not a silent re-quantization of dequantized 4-bit weights.
+Two sources can ask for quantization: the checkpoint (its ``quantization_config``: GPTQ / AWQ /
+compressed-tensors packed weights) and the ``quantization`` option (RTN of whatever is loaded;
+the dummy quantized weights of the named settings). They must agree: a 4-bit checkpoint asked to
+load as w8a16 is an error, not a silent re-quantization of dequantized 4-bit weights.
+bitsandbytes 4-bit checkpoints are dequantized on load (``valora.quant.bnb``) and served dense.
 """
 
 from __future__ import annotations
@@ -16,10 +17,16 @@ import torch
 
 from valora.config import ModelConfig, is_model_setting
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
+from valora.quant.bnb import (
+    check_bitsandbytes_config,
+    dequantized_weights,
+    is_bitsandbytes,
+    is_quant_state,
+)
 from valora.quant.convert import METHODS, quantize_model_rtn
 from valora.quant.formats import QuantSpec, parse_quant_config
 from valora.quant.loader import install_quantized_linears
-from valora.weights import build_model, init_dummy_weights, load_checkpoint
+from valora.weights import build_model, checkpoint_files, init_dummy_weights, load_checkpoint
 
 QUANTIZATION_CHOICES = ("none", *sorted(METHODS))
 
@@ -30,6 +37,7 @@ class WeightsPlan:
     model_config: ModelConfig
     quantization: str  # effective: "none" | "w4a16" | "w8a16"
     checkpoint_spec: QuantSpec | None  # the checkpoint's packed format (None: dense or RTN)
+    dequantize_on_load: bool = False  # a bitsandbytes 4-bit checkpoint, served dense
 
     @property
     def is_dummy(self) -> bool:
@@ -59,6 +67,14 @@ def plan_weights(model: str, quantization: str) -> WeightsPlan:
     cfg = ModelConfig.from_path(model)
     if cfg.quantization_config is None:
         return WeightsPlan(model, cfg, quantization, None)
+    if is_bitsandbytes(cfg.quantization_config):
+        check_bitsandbytes_config(cfg.quantization_config)
+        if quantization != "none":
+            raise ValueError(
+                f"the checkpoint is bitsandbytes 4-bit (served dense after exact dequantization); "
+                f"quantization={quantization!r} would re-quantize it: leave it 'none'"
+            )
+        return WeightsPlan(model, cfg, "none", None, dequantize_on_load=True)
     spec = parse_quant_config(cfg.quantization_config)
     effective = f"w{spec.bits}a16"
     if quantization not in ("none", effective):
@@ -78,10 +94,12 @@ def load_weights(
     if plan.is_dummy:
         init_dummy_weights(net, seed)
     else:
-        skip = None
-        if plan.checkpoint_spec is not None:  # GPTQ / AWQ: packed LM linears
+        skip, preloaded = None, None
+        if plan.checkpoint_spec is not None:  # GPTQ / AWQ / compressed-tensors: packed LM linears
             skip = install_quantized_linears(net, plan.model, plan.model_config.quantization_config)
-        load_checkpoint(net, plan.model, skip)
+        if plan.dequantize_on_load:
+            skip, preloaded = is_quant_state, dequantized_weights(checkpoint_files(plan.model))
+        load_checkpoint(net, plan.model, skip, preloaded)
     if plan.rtn:
         quantize_model_rtn(net, plan.quantization)
         if device.startswith("cuda"):
