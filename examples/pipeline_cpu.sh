@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The adapter pipeline end to end on the CPU with the tiny model (about 10 minutes on two cores):
+# The adapter pipeline end to end on the CPU with the tiny model (about 4 minutes on two cores):
 # task suite -> tiny base -> accuracy-aware fusion -> valora-serve -> valora-eval through the
 # server -> figure. Usage: examples/pipeline_cpu.sh [WORK_DIR] (default: pipeline-run).
 # Needs: pip install -e ".[train,server]" (and jq). The same recipe is asserted by

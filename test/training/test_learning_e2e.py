@@ -1,4 +1,4 @@
-"""The whole pipeline learns, on the CPU (slow: about 10 minutes on two cores; run with
+"""The whole pipeline learns, on the CPU (slow: about 4 minutes on two cores; run with
 ``pytest --run-slow test/training/test_learning_e2e.py``).
 
 Generate two tasks (``colour`` on images, ``clip_colour`` on videos), fuse them into adapters
@@ -33,8 +33,17 @@ TRAIN = ["--rank", "16", "--target-modules", "all", "--epochs", "15", "--lr", "3
 TRAIN += ["--batch-size", "8", "--device", "cpu", "--no-progress"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def torch_lora_backend():
+    """The engines here pick the torch LoRA backend on the CPU, as the CLIs do outside pytest:
+    the test session's Triton interpreter (conftest) would run ATMM for minutes per scoring."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TRITON_INTERPRET", "0")
+        yield
+
+
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(tmp_path_factory, torch_lora_backend):
     root = tmp_path_factory.mktemp("learning")
     generate_suite(root / "tasks", TASKS, 200, 50, 0)
     base = str(write_tiny_base(root / "base"))
