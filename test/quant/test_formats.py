@@ -277,7 +277,7 @@ def test_parse_awq_configs() -> None:
     [
         ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "'bitsandbytes' is not supp"),
         ({"quant_method": "fp8", "activation_scheme": "dynamic"}, "'fp8' is not supported"),
-        ({"quant_method": "compressed-tensors"}, "'compressed-tensors' is not supported"),
+        ({"quant_method": "compressed-tensors"}, "invalid compressed-tensors quantization_config"),
         ({**GPTQ_CONFIG, "bits": 3}, "GPTQ with 3 bits"),
         ({**GPTQ_CONFIG, "checkpoint_format": "marlin"}, "checkpoint_format 'marlin'"),
         ({**GPTQ_CONFIG, "is_marlin_format": True}, "checkpoint_format 'marlin'"),
