@@ -75,7 +75,10 @@ def test_adapters_beat_the_base_and_the_server_agrees_with_offline(pipeline):
     root, base, manifest = pipeline
     modules = manifest["lora_modules"]
     offline = _evaluate(
-        root, manifest, "--model", base, "--device", "cpu", "--lora-modules", *modules.split()
+        root,
+        manifest,
+        *("--model", base, "--device", "cpu", "--out", str(root / "offline.json")),
+        *("--lora-modules", *modules.split()),
     )
     with running_server("--model", base, "--lora-modules", *modules.split()) as (url, _, _):
         served = _evaluate(root, manifest, "--server", url, "--out", str(root / "eval.json"))
