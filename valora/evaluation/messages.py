@@ -13,42 +13,41 @@ from valora.evaluation.dataset import MEDIA
 DEFAULT_MIME = {"image": "image/png", "video": "video/mp4"}
 
 
-def template_messages(messages: list[dict]) -> tuple[list[dict], list[str], list[str]]:
-    """-> (messages for ``apply_chat_template``, image paths, video paths), media in order."""
-    templated, images, videos = [], [], []
+def _map_media_parts(messages: list[dict], convert) -> list[dict]:
+    """``messages`` with every image / video part replaced by ``convert(kind, part)``, in order;
+    string contents and other parts unchanged."""
+    out = []
     for message in messages:
         content = message.get("content")
         if not isinstance(content, list):
-            templated.append(message)
+            out.append(message)
             continue
-        parts = []
-        for part in content:
-            kind = part.get("type")
-            if kind in MEDIA:
-                (images if kind == "image" else videos).append(part[kind])
-                part = {"type": kind}
-            parts.append(part)
-        templated.append({**message, "content": parts})
-    return templated, images, videos
+        parts = [
+            convert(part["type"], part) if part.get("type") in MEDIA else part for part in content
+        ]
+        out.append({**message, "content": parts})
+    return out
+
+
+def template_messages(messages: list[dict]) -> tuple[list[dict], list[str], list[str]]:
+    """-> (messages for ``apply_chat_template``, image paths, video paths), media in order."""
+    images, videos = [], []
+
+    def bare(kind: str, part: dict) -> dict:
+        (images if kind == "image" else videos).append(part[kind])
+        return {"type": kind}
+
+    return _map_media_parts(messages, bare), images, videos
 
 
 def openai_messages(messages: list[dict], data_url=None) -> list[dict]:
     """Media parts -> ``image_url`` / ``video_url`` parts carrying ``data_url(kind, path)``."""
     data_url = data_url or file_data_url
-    converted = []
-    for message in messages:
-        content = message.get("content")
-        if not isinstance(content, list):
-            converted.append(message)
-            continue
-        parts = []
-        for part in content:
-            kind = part.get("type")
-            if kind in MEDIA:
-                part = {"type": f"{kind}_url", f"{kind}_url": {"url": data_url(kind, part[kind])}}
-            parts.append(part)
-        converted.append({**message, "content": parts})
-    return converted
+
+    def inline(kind: str, part: dict) -> dict:
+        return {"type": f"{kind}_url", f"{kind}_url": {"url": data_url(kind, part[kind])}}
+
+    return _map_media_parts(messages, inline)
 
 
 def file_data_url(kind: str, path: str) -> str:

@@ -2,11 +2,11 @@
 ``QuantLinear``s.
 
 The checkpoint's per-projection tensors (``q_proj.qweight`` or ``q_proj.weight_packed`` ...) are
-converted to the canonical
-layout (``valora.quant.formats``) and stacked along N into our fused modules (q|k|v, gate|up),
-which needs the stacked pieces to share their grouping (act-order pieces of one input share
-``g_idx``: they were quantized against the same inputs). Everything else, biases included, is
-loaded by ``valora.weights.load_checkpoint``. Modules the checkpoint keeps dense stay ``Linear``.
+converted to the canonical layout (``valora.quant.formats``) and stacked along N into our fused
+modules (q|k|v, gate|up), which needs the stacked pieces to share their grouping (act-order
+pieces of one input share ``g_idx``: they were quantized against the same inputs). Everything
+else, biases included, is loaded by ``valora.weights.load_checkpoint``. Modules the checkpoint
+keeps dense stay ``Linear``.
 """
 
 from __future__ import annotations
