@@ -146,19 +146,20 @@ def load_checkpoint(
     model: Qwen2VLForConditionalGeneration,
     path: str | Path,
     skip: Callable[[str], bool] | None = None,
-    preloaded: dict[str, torch.Tensor] | None = None,
+    read: Callable[[safe_open, str, set[str]], torch.Tensor] | None = None,
 ) -> None:
     """Copy every tensor of the checkpoint into ``model``; any missing, unexpected or mis-shaped
     tensor raises one ``ValueError`` that names each problem and the expected shape. ``skip``:
-    tensor names someone else loads (a quantized checkpoint's packed tensors). ``preloaded``:
-    {checkpoint name: tensor} used instead of the file's tensor of that name (weights dequantized
-    on load)."""
+    tensor names someone else loads (a quantized checkpoint's packed tensors). ``read(shard,
+    name, shard's names)``: the tensor to load for ``name`` (default: the file's own; weights
+    dequantized on load), called one tensor at a time."""
     targets = checkpoint_targets(model)
     loaded: set[str] = set()
-    preloaded = preloaded or {}
+    read = read or (lambda shard, raw_name, _: shard.get_tensor(raw_name))
     problems: list[str] = []
     for file in tqdm(checkpoint_files(path), desc="loading weights", unit="shard", leave=False):
         with safe_open(str(file), framework="pt", device="cpu") as shard:
+            names = set(shard.keys())
             for raw_name in shard.keys():
                 name = canonical_name(raw_name)
                 if name.endswith(_IGNORED_SUFFIXES) or _is_tied_alias(model, name):
@@ -169,8 +170,7 @@ def load_checkpoint(
                 if target is None:
                     problems.append(f"unexpected tensor {raw_name!r} in {file.name}")
                     continue
-                tensor = preloaded.get(raw_name)
-                tensor = shard.get_tensor(raw_name) if tensor is None else tensor
+                tensor = read(shard, raw_name, names)
                 if tuple(tensor.shape) != target.shape:
                     problems.append(
                         f"tensor {raw_name!r} has shape {tuple(tensor.shape)}, "

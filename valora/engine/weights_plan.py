@@ -19,14 +19,14 @@ from valora.config import ModelConfig, is_model_setting
 from valora.models.qwen2_vl import Qwen2VLForConditionalGeneration
 from valora.quant.bnb import (
     check_bitsandbytes_config,
-    dequantized_weights,
     is_bitsandbytes,
     is_quant_state,
+    read_dequantized,
 )
 from valora.quant.convert import METHODS, quantize_model_rtn
 from valora.quant.formats import QuantSpec, parse_quant_config
 from valora.quant.loader import install_quantized_linears
-from valora.weights import build_model, checkpoint_files, init_dummy_weights, load_checkpoint
+from valora.weights import build_model, init_dummy_weights, load_checkpoint
 
 QUANTIZATION_CHOICES = ("none", *sorted(METHODS))
 
@@ -94,12 +94,12 @@ def load_weights(
     if plan.is_dummy:
         init_dummy_weights(net, seed)
     else:
-        skip, preloaded = None, None
+        skip, read = None, None
         if plan.checkpoint_spec is not None:  # GPTQ / AWQ / compressed-tensors: packed LM linears
             skip = install_quantized_linears(net, plan.model, plan.model_config.quantization_config)
         if plan.dequantize_on_load:
-            skip, preloaded = is_quant_state, dequantized_weights(checkpoint_files(plan.model))
-        load_checkpoint(net, plan.model, skip, preloaded)
+            skip, read = is_quant_state, read_dequantized
+        load_checkpoint(net, plan.model, skip, read)
     if plan.rtn:
         quantize_model_rtn(net, plan.quantization)
         if device.startswith("cuda"):

@@ -11,14 +11,13 @@ W4A16 kernels could not be exact.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 
 STATE_MARK = ".quant_state.bitsandbytes__"
 STATE_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map")
+QUANT_TYPES = ("nf4", "fp4")
 
 
 def is_bitsandbytes(config: dict | None) -> bool:
@@ -33,7 +32,7 @@ def check_bitsandbytes_config(config: dict[str, Any]) -> None:
             "(NF4 / FP4) ones"
         )
     quant_type = str(config.get("bnb_4bit_quant_type", "nf4")).lower()
-    if quant_type not in ("nf4", "fp4"):
+    if quant_type not in QUANT_TYPES:
         raise ValueError(f"bitsandbytes 4-bit type {quant_type!r} is not supported: nf4 or fp4")
 
 
@@ -42,26 +41,21 @@ def is_quant_state(name: str) -> bool:
     return STATE_MARK in name or name.endswith(STATE_SUFFIXES)
 
 
-def dequantized_weights(files: list[Path]) -> dict[str, torch.Tensor]:
-    """{checkpoint name of each 4-bit weight: its dense fp32 [N, K] value}."""
+def read_dequantized(shard, name: str, names: set[str]) -> torch.Tensor:
+    """``load_checkpoint``'s reader: a 4-bit weight (its quant state beside it in the same
+    shard, as transformers saves it) dequantized to dense fp32 [N, K]; any other tensor as
+    stored. One weight at a time, so a dequantized copy of the whole model is never held."""
+    markers = (f"{name}{STATE_MARK}{quant_type}" for quant_type in QUANT_TYPES)
+    marker = next((m for m in markers if m in names), None)
+    if marker is None:
+        return shard.get_tensor(name)
     try:
         from bitsandbytes.functional import QuantState, dequantize_4bit
     except ImportError:
         raise ValueError(
             "bitsandbytes 4-bit checkpoints need bitsandbytes: pip install 'valora[train]'"
         ) from None
-    out = {}
-    for file in files:
-        with safe_open(str(file), framework="pt", device="cpu") as shard:
-            names = list(shard.keys())
-            for marker in (n for n in names if STATE_MARK in n):
-                weight = marker.split(STATE_MARK)[0]
-                state = {
-                    n[len(weight) + 1 :]: shard.get_tensor(n)
-                    for n in names
-                    if n.startswith(weight + ".") and is_quant_state(n)
-                }
-                quant_state = QuantState.from_dict(state, device=torch.device("cpu"))
-                dense = dequantize_4bit(shard.get_tensor(weight), quant_state)
-                out[weight] = dense.to(torch.float32)
-    return out
+    state_names = [marker] + [name + s for s in STATE_SUFFIXES if name + s in names]
+    state = {n[len(name) + 1 :]: shard.get_tensor(n) for n in state_names}
+    quant_state = QuantState.from_dict(state, device=torch.device("cpu"))
+    return dequantize_4bit(shard.get_tensor(name), quant_state).to(torch.float32)
